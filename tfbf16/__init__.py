@@ -1,14 +1,29 @@
 """tfbf16: train any Keras model as if it ran in bfloat16, bit-exactly.
 
-Public API:
+Rounding op:
 - `round_bf16(x, rounding="rne", *, seed=None)`: round to bfloat16 values.
 - `quantize(x, rounding="rne", grad_rounding="rne", *, seed=None)`: the
   emulation op, which also rounds the gradient.
-- `ROUNDINGS`: the rounding modes, ("rne", "trunc", "stochastic").
+- `ROUNDINGS`: ("rne", "trunc", "stochastic").
+
+Models (Keras 3 and tf_keras):
+- `wrap(model, rounding="rne", *, grad_rounding=None, policy=None)` and
+  `unwrap(model)`; `BF16Wrapper(layer, ...)` for one layer; `BF16Policy` for
+  what is rounded where; `summary(model)`.
+- `bf16_hardware()`: whether `rounding="native"` runs on real bfloat16 units.
 """
 
+from tfbf16.hardware import BF16Hardware, bf16_hardware
+from tfbf16.policy import BF16Policy, LayerRounding
 from tfbf16.rounding import ROUNDINGS, quantize, round_bf16, round_gradient
+from tfbf16.summary import summary
+from tfbf16.wrap import unwrap, wrap
+from tfbf16.wrapper_base import BF16Wrapper
 
 __version__ = "0.1.0"
 
-__all__ = ["ROUNDINGS", "quantize", "round_bf16", "round_gradient"]
+__all__ = [
+    "BF16Hardware", "BF16Policy", "BF16Wrapper", "LayerRounding", "ROUNDINGS",
+    "bf16_hardware", "quantize", "round_bf16", "round_gradient", "summary",
+    "unwrap", "wrap",
+]

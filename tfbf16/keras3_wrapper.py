@@ -1,0 +1,84 @@
+"""`BF16Wrapper` for Keras 3 layers.
+
+Weights are rounded through `Layer.stateless_call`: the inner layer runs
+with its trainable variables replaced by their rounded values (a gradient
+still flows to each variable through the rounding op), and the new values of
+its non-trainable variables (BatchNormalization statistics, dropout seeds)
+are assigned back afterwards.
+"""
+
+import contextlib
+
+import keras
+
+from tfbf16 import emulation
+from tfbf16.wrapper_base import BF16Wrapper as _PublicBF16Wrapper
+from tfbf16.wrapper_base import EmulatedCallMixin
+
+_NATIVE_POLICY = "mixed_bfloat16"
+
+
+@keras.saving.register_keras_serializable(package="tfbf16", name="BF16Wrapper")
+class BF16Wrapper(EmulatedCallMixin, keras.layers.Wrapper):
+    """Keras 3 implementation of `tfbf16.BF16Wrapper` (see its docstring)."""
+
+    def __init__(self, layer, rounding="rne", grad_rounding=None, *, settings=None, **kwargs):
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        self._init_emulation(layer, rounding, grad_rounding, settings)
+        self.supports_masking = layer.supports_masking
+        # Take `training` and `mask` exactly when the inner layer does, so that
+        # graph nodes record the same call arguments as the unwrapped layer.
+        self._call_has_training_arg = layer._call_has_training_arg
+        self._call_has_mask_arg = layer._call_has_mask_arg
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, *args, **kwargs):
+        return self._emulated_call(inputs, args, kwargs)
+
+    def _call_inner_plain(self, inputs, args, kwargs):
+        return self.layer(inputs, *args, **kwargs)
+
+    def _call_with_weights(self, rounded, inputs, args, kwargs):
+        layer = self.layer
+        trainable = [rounded.get(id(v), v.value) for v in layer.trainable_variables]
+        non_trainable_variables = layer.non_trainable_variables
+        outputs, new_values = layer.stateless_call(
+            trainable, [v.value for v in non_trainable_variables], inputs, *args, **kwargs
+        )
+        for variable, value in zip(non_trainable_variables, new_values):
+            if value is not variable.value:
+                variable.assign(value)
+        return outputs
+
+    @contextlib.contextmanager
+    def _native_scope(self):
+        changed = []
+        try:
+            for sub in self.layer._flatten_layers(include_self=True):
+                if emulation.layer_kind(sub) != emulation.NORMALIZATION:
+                    changed.append((sub, sub.dtype_policy))
+                    sub.dtype_policy = _NATIVE_POLICY
+            yield
+        finally:
+            for sub, policy in changed:
+                sub.dtype_policy = policy
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return self.layer.compute_mask(inputs, previous_mask)
+
+    def get_config(self):
+        return {**super().get_config(), **self.emulation_config()}
+
+
+_PublicBF16Wrapper.register(BF16Wrapper)

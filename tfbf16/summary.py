@@ -1,0 +1,81 @@
+"""`tfbf16.summary`: what a wrapped model emulates, layer by layer."""
+
+from tfbf16 import emulation
+from tfbf16.wrap import iter_layers
+from tfbf16.wrapper_base import BF16Wrapper
+
+_WHY_FP32 = {
+    emulation.NO_GEMM: "FP32 (no GEMM)",
+    emulation.UNSUPPORTED: "FP32 (not supported)",
+}
+
+
+def summary_rows(model):
+    """One dict per layer: path, class, emulated, tensors, rounding.
+
+    Args:
+        model: a model (wrapped or not).
+
+    Returns:
+        A list of dicts with keys "layer", "class", "emulated" (bool),
+        "tensors" (what is rounded) and "rounding".
+    """
+    rows = []
+    for path, layer in iter_layers(model):
+        if isinstance(layer, BF16Wrapper):
+            inner = layer.layer
+            settings = layer.settings
+            native = settings.rounding == "native"
+            rows.append({
+                "layer": path,
+                "class": type(inner).__name__,
+                "emulated": True,
+                "tensors": "computes in bfloat16" if native
+                else emulation.rounded_tensors_of(inner, layer.kind),
+                "rounding": settings.rounding if native
+                else f"{settings.rounding} (grad: {settings.grad_rounding})",
+            })
+            continue
+        kind = emulation.layer_kind(layer)
+        if kind == emulation.MODEL or type(layer).__name__ == "InputLayer":
+            continue
+        rows.append({
+            "layer": path,
+            "class": type(layer).__name__,
+            "emulated": False,
+            "tensors": "",
+            "rounding": _WHY_FP32.get(kind, "FP32 (not wrapped)"),
+        })
+    return rows
+
+
+def summary(model, print_fn=print):
+    """Prints a table of what `tfbf16.wrap` emulates in `model`.
+
+    Args:
+        model: a model (wrapped or not).
+        print_fn: where each line goes.
+
+    Returns:
+        The table as a string.
+
+    Example:
+
+    >>> tfbf16.summary(tfbf16.wrap(model))
+    layer            class   emulated  rounded tensors              rounding
+    model/dense      Dense   yes       inputs, weights, gradients   rne (grad: rne)
+    """
+    rows = summary_rows(model)
+    header = {"layer": "layer", "class": "class", "emulated": "emulated",
+              "tensors": "rounded tensors", "rounding": "rounding"}
+    cells = [header] + [
+        {**row, "emulated": "yes" if row["emulated"] else "no"} for row in rows
+    ]
+    widths = {key: max(len(str(c[key])) for c in cells) for key in header}
+    lines = ["  ".join(str(c[key]).ljust(widths[key]) for key in header).rstrip() for c in cells]
+    emulated = sum(row["emulated"] for row in rows)
+    lines.append(f"{emulated} of {len(rows)} layers emulated")
+    text = "\n".join(lines)
+    for line in lines:
+        print_fn(line)
+    return text
