@@ -1,0 +1,161 @@
+"""Input pipelines of the recsys DCN pipeline.
+
+One entry point, `make_datasets`, for three sources:
+
+- "synthetic": an endless Criteo-shaped stream with a known ground-truth
+  click model (`recsys.data.synthetic`);
+- "criteo": raw Criteo Kaggle / 1TB TSV files, plain or gzip
+  (`recsys.data.criteo`);
+- "tfrecord": a directory written by `python -m recsys.prepare`
+  (`recsys.data.tfrecord`), which reads back the exact rows of its source.
+
+All of them yield batches in the format of `recsys.data.schema`.
+"""
+
+import dataclasses
+import numbers
+from typing import Optional
+
+import tensorflow as tf
+
+from recsys.data import criteo
+from recsys.data import synthetic
+from recsys.data import tfrecord
+
+SOURCES = ("synthetic", "criteo", "tfrecord")
+DEFAULT_EVAL_ROWS = 65536
+_REFERENCE_ROWS = 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class DataBundle:
+    """Train and eval datasets of one source, and what a model needs to know.
+
+    Attributes:
+        train: `tf.data.Dataset` of `(features, label)` training batches, in
+            an order fixed by the source and seed. One pass over the training
+            rows ("one epoch": call `.repeat()` for more), except for the
+            synthetic source without `train_rows`, which never ends.
+        eval: finite `tf.data.Dataset` of evaluation batches, the same on
+            every iteration.
+        vocab_sizes: 26 ints; `features["sparse"][:, i]` is in
+            `[0, vocab_sizes[i])`.
+        description: one line describing the source, for logs.
+        bad_lines: for "criteo", the `criteo.BadLines` report of malformed
+            lines skipped so far (call `report()` after training); None
+            otherwise (a "tfrecord" description carries the counts of the
+            source it was prepared from).
+    """
+
+    train: tf.data.Dataset
+    eval: tf.data.Dataset
+    vocab_sizes: list
+    description: str
+    bad_lines: Optional[criteo.BadLines] = None
+
+
+def make_datasets(data, *, data_path=None, batch_size, seed=0, eval_rows=None,
+                  train_rows=None, num_buckets=None, vocab_scale=1.0, strict=False,
+                  drop_remainder=True):
+    """Builds the train and eval datasets of a source.
+
+    Row content never depends on `batch_size`: sources produce rows in blocks
+    that are rebatched here. Rows are not shuffled: file sources are read in
+    file order and synthetic rows are independent draws, so the order of
+    training batches is fixed by the source (and the seed).
+
+    Args:
+        data: "synthetic", "criteo" or "tfrecord".
+        data_path: for "criteo", a file, glob or comma-separated list of them;
+            for "tfrecord", the prepared directory; None for "synthetic".
+        batch_size: rows per batch.
+        seed: seed of the synthetic stream (its ground truth and rows). File
+            sources are read in file order, whatever the seed.
+        eval_rows: evaluation rows. None means: 65,536 for "synthetic" and for
+            a single Criteo file (its last lines are held out); the whole last
+            file when "criteo" has several files; all prepared eval rows for
+            "tfrecord". For "criteo", rows are counted as lines, malformed ones
+            included.
+        train_rows: use only the first `train_rows` training rows (lines, for
+            "criteo"); None for all (an endless stream for "synthetic").
+        num_buckets: "criteo" only: id space size per categorical feature
+            (one int or 26 ints, missing id included); None for
+            `criteo.DEFAULT_NUM_BUCKETS` (Kaggle cardinality + 1, capped at
+            65,536).
+        vocab_scale: "synthetic" only: multiplies its larger cardinalities
+            (see `synthetic.vocab_sizes_for`).
+        strict: "criteo" only: raise at the first malformed line (naming
+            file and line) instead of skipping and counting it.
+        drop_remainder: drop the last partial batch of finite datasets
+            (default, so that every batch has exactly `batch_size` rows).
+
+    Returns:
+        A `DataBundle`.
+
+    Raises:
+        ValueError: on an unknown source or options that do not apply to it.
+        FileNotFoundError: when `data_path` names nothing to read.
+
+    Example:
+
+    >>> bundle = make_datasets("synthetic", batch_size=512, seed=1)
+    >>> features, label = next(iter(bundle.train))
+    >>> features["dense"].shape, features["sparse"].shape, label.shape
+    (TensorShape([512, 13]), TensorShape([512, 26]), TensorShape([512]))
+    >>> len(bundle.vocab_sizes)
+    26
+    """
+    _check_options(data, data_path, batch_size, train_rows, eval_rows, num_buckets,
+                   vocab_scale, strict)
+    bad_lines = None
+    if data == "synthetic":
+        train, eval_, vocab_sizes, description = _synthetic(
+            seed, vocab_scale, train_rows, eval_rows or DEFAULT_EVAL_ROWS)
+    elif data == "criteo":
+        train, eval_, vocab_sizes, description, bad_lines = criteo.make_splits(
+            data_path, num_buckets=num_buckets, train_rows=train_rows,
+            eval_rows=eval_rows, default_eval_rows=DEFAULT_EVAL_ROWS, strict=strict)
+    else:
+        train, eval_, vocab_sizes, description = tfrecord.make_splits(
+            data_path, train_rows=train_rows, eval_rows=eval_rows)
+
+    def batch(blocks):
+        return blocks.rebatch(batch_size, drop_remainder=drop_remainder).prefetch(
+            tf.data.AUTOTUNE)
+
+    return DataBundle(batch(train), batch(eval_), list(vocab_sizes), description, bad_lines)
+
+
+def _check_options(data, data_path, batch_size, train_rows, eval_rows, num_buckets,
+                   vocab_scale, strict):
+    if data not in SOURCES:
+        raise ValueError(f"data must be one of {', '.join(SOURCES)}; got {data!r}.")
+    for name, value, optional in (("batch_size", batch_size, False),
+                                  ("train_rows", train_rows, True),
+                                  ("eval_rows", eval_rows, True)):
+        if value is None and optional:
+            continue
+        if not isinstance(value, numbers.Integral) or value < 1:
+            allowed = "a positive int or None" if optional else "a positive int"
+            raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+    if (data == "synthetic") != (data_path is None):
+        raise ValueError(
+            "data_path is required for data='criteo' (TSV files) and "
+            "data='tfrecord' (a prepared directory), and must be None for "
+            f"data='synthetic'; got data={data!r}, data_path={data_path!r}.")
+    for name, applies, given in (("num_buckets", "criteo", num_buckets is not None),
+                                 ("vocab_scale", "synthetic", vocab_scale != 1.0),
+                                 ("strict", "criteo", bool(strict))):
+        if given and data != applies:
+            raise ValueError(f"{name} only applies to data={applies!r}, not {data!r}.")
+
+
+def _synthetic(seed, vocab_scale, train_rows, eval_rows):
+    stream = synthetic.SyntheticCriteo(seed, vocab_scale)
+    reference = stream.reference_metrics("eval", min(eval_rows, _REFERENCE_ROWS))
+    description = (
+        f"{stream!r}; ground truth on the first {reference['rows']:,} eval rows: "
+        f"click rate {reference['click_rate']:.4f}, log loss "
+        f"{reference['log_loss']:.4f} (base-rate entropy {reference['entropy']:.4f})")
+    return (stream.blocks("train", train_rows), stream.blocks("eval", eval_rows),
+            stream.vocab_sizes, description)
