@@ -65,15 +65,6 @@ def make_block(dense, sparse, label):
     return {DENSE: dense, SPARSE: sparse}, label
 
 
-def block_spec():
-    """The `tf.TensorSpec` structure of a block (leading dimension unknown)."""
-    return make_block(
-        tf.TensorSpec([None, NUM_DENSE], tf.float32),
-        tf.TensorSpec([None, NUM_SPARSE], tf.int64),
-        tf.TensorSpec([None], tf.float32),
-    )
-
-
 def check_vocab_sizes(vocab_sizes, what="vocab_sizes"):
     """Validates per-feature id space sizes.
 
