@@ -42,6 +42,12 @@ BUG_KERAS3_MHA_PROBS = (
     "with ops.dot_product_attention, which never calls _dropout_layer, so the "
     "attention probabilities entering the second matmul stay FP32"
 )
+BUG_UNBUILT_MHA = (
+    "tfbf16 bug: BF16Wrapper around an unbuilt MultiHeadAttention fails on its "
+    "first call: Keras 3 calls MHA.build(input_shape) without value_shape "
+    "(TypeError); tf_keras builds MHA inside its first call, but "
+    "interior_rounding reads layer._dropout_layer before that (AttributeError)"
+)
 BUG_GRU_STATE = (
     "tfbf16 bug: GRU: h(t-1) is rounded before the whole cell call, so the FP32 "
     "interpolation z * h(t-1) + (1 - z) * hh also uses the rounded state; only "
@@ -300,6 +306,42 @@ def test_stochastic_rounding_picks_a_bf16_neighbour(flavour):
     # Both neighbours of the inputs occur (it is not RNE or truncation).
     used_up = np.isin(y, np.stack([x_up * w_down, x_up * w_up]))
     assert 0.1 < used_up.mean() < 0.9
+
+
+UNBUILT = {
+    "Dense": (lambda K: K.layers.Dense(3), [(2, 5)]),
+    "Conv2D": (lambda K: K.layers.Conv2D(2, 3), [(1, 5, 5, 2)]),
+    "BatchNormalization": (lambda K: K.layers.BatchNormalization(), [(3, 4)]),
+    "LSTM": (lambda K: K.layers.LSTM(3), [(2, 4, 5)]),
+    "Bidirectional": (lambda K: K.layers.Bidirectional(K.layers.GRU(2)), [(2, 4, 5)]),
+    "MultiHeadAttention": (lambda K: K.layers.MultiHeadAttention(2, 4), [(2, 3, 8), (2, 5, 8)]),
+}
+
+
+@pytest.mark.parametrize(
+    "name, flavour",
+    [
+        pytest.param(
+            name, flavour,
+            marks=[pytest.mark.xfail(strict=True, reason=BUG_UNBUILT_MHA)]
+            if name == "MultiHeadAttention" else [],
+        )
+        for name in UNBUILT for flavour in sorted(FLAVOURS)
+    ],
+)
+def test_wrapping_an_unbuilt_layer_builds_it_on_first_call(name, flavour):
+    K = FLAVOURS[flavour]
+    factory, shapes = UNBUILT[name]
+    rng = np.random.default_rng(10)
+    inputs = [tf.constant(not_bf16(rng, shape)) for shape in shapes]
+    layer = factory(K)
+    assert not layer.built
+    wrapper = tfbf16.BF16Wrapper(layer)
+    y = wrapper(*inputs).numpy()
+    assert layer.built and layer.trainable_weights
+    # Same result as wrapping the layer once it is built.
+    assert_bits_equal(y, tfbf16.BF16Wrapper(layer)(*inputs), "unbuilt vs built")
+    assert not np.array_equal(y, layer(*inputs).numpy())
 
 
 # ---------------------------------------------------------------- Embedding

@@ -1,0 +1,365 @@
+"""Training wrapped models: custom loops, XLA, MirroredStrategy, masks,
+`training=` flags, native bfloat16 mode and the hardware probe."""
+
+import keras
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import tfbf16
+from tfbf16.summary import summary_rows
+
+FLAVOURS = {"keras3": keras, "tf_keras": tf_keras}
+
+BUG_KERAS3_TRAINING_ARG = (
+    "tfbf16 bug: the Keras 3 BF16Wrapper never passes `training` to the inner "
+    "layer (Keras 3.15 injects it only when _call_has_context_arg['training'] "
+    "is True, which the wrapper's call(inputs, *args, **kwargs) signature makes "
+    "False; stateless_call calls layer.call directly)"
+)
+BUG_KERAS3_MASK_ARG = (
+    "tfbf16 bug: the Keras 3 BF16Wrapper drops the Keras mask: Keras 3.15 fills "
+    "in `mask` only when 'mask' is in the wrapper's call signature, and "
+    "stateless_call calls layer.call(inputs) directly, so a wrapped LSTM after "
+    "Embedding(mask_zero=True) processes the padding"
+)
+
+
+def xfail_keras3(reason):
+    return [
+        pytest.param("keras3", marks=pytest.mark.xfail(strict=True, reason=reason)),
+        "tf_keras",
+    ]
+
+
+def rnd(value):
+    return np.asarray(value, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def bits(value):
+    return np.asarray(value, np.float32).view(np.uint32)
+
+
+def assert_bits_equal(actual, expected, what=""):
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    assert actual.shape == expected.shape, what
+    assert np.array_equal(bits(actual), bits(expected)), (
+        f"{what}: max abs diff {np.max(np.abs(actual - expected))}"
+    )
+
+
+def is_bf16(value):
+    return not (bits(value) & 0xFFFF).any()
+
+
+def not_bf16(rng, shape):
+    value = rng.standard_normal(shape).astype(np.float32)
+    return (bits(value) | 0x1).view(np.float32)
+
+
+def mlp(K, seed=0, hidden=8):
+    K.utils.set_random_seed(seed)
+    return K.Sequential([
+        K.Input((4,)),
+        K.layers.Dense(hidden, activation="tanh", name="hidden"),
+        K.layers.Dense(1, name="out"),
+    ])
+
+
+def regression_data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    y = (x @ np.array([[0.5], [-1.0], [2.0], [0.25]], np.float32)).astype(np.float32)
+    return x, y
+
+
+# ---------------------------------------------------------------- custom loop
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_gradient_tape_loop_gradients_are_emulated_and_loss_decreases(flavour):
+    K = FLAVOURS[flavour]
+    model = mlp(K)
+    wrapped = tfbf16.wrap(model)
+    x, y = regression_data()
+    hidden, out = model.get_layer("hidden"), model.get_layer("out")
+
+    # First step: the gradients equal a manual BF16 emulation of the MLP.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(wrapped(x) - y))
+    grads = tape.gradient(loss, wrapped.trainable_weights)
+    xv, yv = tf.constant(x), tf.constant(y)
+    wv = [tf.constant(rnd(v.numpy())) for v in (hidden.kernel, hidden.bias, out.kernel, out.bias)]
+    q = lambda t: tfbf16.quantize(t, "rne", "rne")  # noqa: E731
+    with tf.GradientTape() as tape:
+        tape.watch(wv)
+        # Each layer: rounded inputs and weights; the gradient arriving at its
+        # output and the one leaving through its input are rounded.
+        h = _round_gradient_only(tf.tanh(tf.nn.bias_add(tf.matmul(q(xv), wv[0]), wv[1])))
+        pred = _round_gradient_only(tf.nn.bias_add(tf.matmul(q(h), wv[2]), wv[3]))
+        ref_loss = tf.reduce_mean(tf.square(pred - yv))
+    ref_grads = tape.gradient(ref_loss, wv)
+    assert_bits_equal(loss, ref_loss, "loss")
+    # Keras orders the weights hidden.kernel, hidden.bias, out.kernel, out.bias.
+    for g, r, what in zip(grads, ref_grads, ("hidden kernel", "hidden bias", "out kernel", "out bias")):
+        assert_bits_equal(g, r, what)
+
+    optimizer = K.optimizers.SGD(0.05)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(wrapped(x, training=True) - y))
+        grads = tape.gradient(loss, wrapped.trainable_weights)
+        optimizer.apply_gradients(zip(grads, wrapped.trainable_weights))
+        return loss
+
+    losses = [float(step()) for _ in range(30)]
+    assert losses[-1] < 0.3 * losses[0], losses
+    # Master weights stay FP32 (not snapped to bfloat16 values).
+    for variable in model.trainable_weights:
+        assert tf.as_dtype(variable.dtype) == tf.float32
+    assert not is_bf16(hidden.kernel.numpy())
+
+
+def _round_gradient_only(t):
+    @tf.custom_gradient
+    def identity(v):
+        return tf.identity(v), lambda g: tfbf16.round_bf16(g)
+
+    return identity(t)
+
+
+# ---------------------------------------------------------------- fit / evaluate / predict
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_fit_evaluate_predict(flavour):
+    K = FLAVOURS[flavour]
+    wrapped = tfbf16.wrap(mlp(K))
+    x, y = regression_data()
+    wrapped.compile(optimizer=K.optimizers.Adam(0.05), loss="mse")
+    history = wrapped.fit(x, y, batch_size=8, epochs=5, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+    evaluated = wrapped.evaluate(x, y, batch_size=32, verbose=0)
+    direct = float(np.mean((wrapped(x).numpy() - y) ** 2))
+    np.testing.assert_allclose(evaluated, direct, rtol=1e-5)
+    np.testing.assert_allclose(wrapped.predict(x, batch_size=32, verbose=0), wrapped(x), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- XLA
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_jit_compiled_fit_matches_non_jit_fit(flavour):
+    K = FLAVOURS[flavour]
+    x, y = regression_data()
+    results = {}
+    for jit in (False, True):
+        model = mlp(K, seed=3)
+        wrapped = tfbf16.wrap(model)
+        wrapped.compile(optimizer=K.optimizers.SGD(0.05), loss="mse", jit_compile=jit)
+        history = wrapped.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0).history
+        results[jit] = (history["loss"], [v.numpy() for v in model.trainable_weights], wrapped(x).numpy())
+    (loss0, w0, y0), (loss1, w1, y1) = results[False], results[True]
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-3)
+    for a, b in zip(w1, w0):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    # The jit-trained model still emulates: FP32 would give different outputs.
+    unwrapped = tfbf16.unwrap(tfbf16.wrap(mlp(K, seed=3)))
+    assert not np.allclose(y1, unwrapped(x).numpy(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_xla_forward_is_bit_exact_emulation(flavour):
+    K = FLAVOURS[flavour]
+    model = mlp(K, seed=4)
+    wrapped = tfbf16.wrap(model)
+    x = not_bf16(np.random.default_rng(5), (3, 4))
+    y_eager = wrapped(x).numpy()
+    y_xla = tf.function(lambda t: wrapped(t), jit_compile=True)(tf.constant(x)).numpy()
+    hidden = model.get_layer("hidden")
+    # The first layer under XLA against an XLA reference (same kernels).
+    first = tfbf16.wrap(K.Sequential([K.Input((4,)), hidden]))
+    kernel, bias = tf.constant(rnd(hidden.kernel.numpy())), tf.constant(rnd(hidden.bias.numpy()))
+    ref = tf.function(
+        lambda t: tf.tanh(tf.nn.bias_add(tf.matmul(t, kernel), bias)), jit_compile=True
+    )(tf.constant(rnd(x))).numpy()
+    got = tf.function(lambda t: first(t), jit_compile=True)(tf.constant(x)).numpy()
+    assert_bits_equal(got, ref, "XLA-compiled wrapped layer")
+    np.testing.assert_allclose(y_xla, y_eager, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- MirroredStrategy
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_mirrored_strategy_fit(flavour):
+    K = FLAVOURS[flavour]
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "conftest splits the CPU into 2 logical devices"
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    assert strategy.num_replicas_in_sync == 2
+    x, y = regression_data()
+    with strategy.scope():
+        model = mlp(K, seed=6)
+        wrapped = tfbf16.wrap(model)
+        wrapped.compile(optimizer=K.optimizers.SGD(0.05), loss="mse")
+    history = wrapped.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0]
+    # Same training on one device: same result up to the all-reduce order.
+    single = mlp(K, seed=6)
+    single_wrapped = tfbf16.wrap(single)
+    single_wrapped.compile(optimizer=K.optimizers.SGD(0.05), loss="mse")
+    single_history = single_wrapped.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    np.testing.assert_allclose(history, single_history.history["loss"], rtol=1e-3)
+    for a, b in zip(model.trainable_weights, single.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
+
+
+# ---------------------------------------------------------------- masks, training=
+
+
+@pytest.mark.parametrize("flavour", xfail_keras3(BUG_KERAS3_MASK_ARG))
+def test_mask_from_embedding_reaches_wrapped_lstm(flavour):
+    K = FLAVOURS[flavour]
+    K.utils.set_random_seed(7)
+    model = K.Sequential([
+        K.Input((None,), dtype="int32"),
+        K.layers.Embedding(10, 4, mask_zero=True),
+        K.layers.LSTM(3, return_sequences=True),
+        K.layers.LSTM(2),
+    ])
+    wrapped = tfbf16.wrap(model)
+    padded = np.array([[3, 5, 0, 0], [2, 0, 0, 0]], np.int32)
+    more_padding = np.pad(padded, [(0, 0), (0, 3)])
+    # With the mask, extra padding changes nothing (same batch, same step
+    # shapes: bit-identical), as in the FP32 model.
+    assert_bits_equal(model(more_padding), model(padded), "FP32 model")
+    out = wrapped(padded).numpy()
+    assert_bits_equal(wrapped(more_padding), out, "wrapped model")
+    assert not np.array_equal(out, model(padded).numpy())
+
+
+@pytest.mark.parametrize("flavour", xfail_keras3(BUG_KERAS3_TRAINING_ARG))
+def test_training_flag_reaches_wrapped_batch_normalization(flavour):
+    K = FLAVOURS[flavour]
+    K.utils.set_random_seed(8)
+    model = K.Sequential([K.Input((4,)), K.layers.Dense(4, name="fc"), K.layers.BatchNormalization(name="bn")])
+    wrapped = tfbf16.wrap(model)
+    x = (not_bf16(np.random.default_rng(9), (16, 4)) * 3 + 2).astype(np.float32)
+    train_out = wrapped(x, training=True).numpy()
+    # Batch statistics: each feature is normalized to mean ~0.
+    np.testing.assert_allclose(train_out.mean(axis=0), 0, atol=1e-2)
+    bn = model.get_layer("bn")
+    before = bn.moving_mean.numpy().copy()
+    wrapped.compile(optimizer="sgd", loss="mse")
+    wrapped.fit(x, np.zeros((16, 4), np.float32), batch_size=16, epochs=1, verbose=0)
+    assert not np.array_equal(bn.moving_mean.numpy(), before), "fit did not update BN statistics"
+    infer_out = wrapped(x, training=False).numpy()
+    assert not np.allclose(infer_out.mean(axis=0), 0, atol=1e-2)
+
+
+@pytest.mark.parametrize("flavour", xfail_keras3(BUG_KERAS3_TRAINING_ARG))
+def test_training_flag_reaches_dropout_inside_wrapped_layer(flavour):
+    K = FLAVOURS[flavour]
+    K.utils.set_random_seed(10)
+    layer = K.layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.5)
+    x = not_bf16(np.random.default_rng(11), (2, 6, 8))
+    layer(x, x)  # build (wrapping an unbuilt MHA is tested in test_wrap_layers)
+    wrapper = tfbf16.BF16Wrapper(layer)
+    infer = [wrapper(x, x, training=False).numpy() for _ in range(2)]
+    train = [wrapper(x, x, training=True).numpy() for _ in range(2)]
+    assert_bits_equal(infer[0], infer[1], "inference is deterministic")
+    assert not np.array_equal(train[0], infer[0]), "training=True did not apply dropout"
+    assert not np.array_equal(train[0], train[1])
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_training_flag_reaches_dropout_between_wrapped_layers(flavour):
+    K = FLAVOURS[flavour]
+    K.utils.set_random_seed(12)
+    model = K.Sequential([K.Input((8,)), K.layers.Dense(8), K.layers.Dropout(0.5), K.layers.Dense(2)])
+    wrapped = tfbf16.wrap(model)
+    x = not_bf16(np.random.default_rng(13), (4, 8))
+    assert_bits_equal(wrapped(x, training=False), wrapped(x), "default is inference")
+    assert not np.array_equal(wrapped(x, training=True).numpy(), wrapped(x, training=False).numpy())
+
+
+# ---------------------------------------------------------------- native mode
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_native_mode_computes_in_bfloat16_with_fp32_variables_and_outputs(flavour):
+    K = FLAVOURS[flavour]
+    K.utils.set_random_seed(14)
+    model = K.Sequential([
+        K.Input((4,)), K.layers.Dense(8, activation="relu", name="hidden"),
+        K.layers.BatchNormalization(name="bn"), K.layers.Dense(1, name="out"),
+    ])
+    wrapped = tfbf16.wrap(model, "native")
+    rows = {r["layer"].split("/")[-1]: r for r in summary_rows(wrapped)}
+    assert rows["hidden"]["rounding"] == "native" and rows["hidden"]["tensors"] == "computes in bfloat16"
+    x, y = regression_data()
+    out = wrapped(x)
+    assert out.dtype == tf.float32
+    # The last Dense computed in bfloat16: its FP32 output holds bf16 values.
+    assert is_bf16(out.numpy())
+    hidden = model.get_layer("hidden")
+    h = wrapped.layers[0](x)
+    assert h.dtype == tf.float32 and is_bf16(h.numpy())
+    expected = tf.nn.relu(
+        tf.matmul(tf.cast(x, tf.bfloat16), tf.cast(hidden.kernel, tf.bfloat16))
+        + tf.cast(hidden.bias, tf.bfloat16)
+    )
+    assert_bits_equal(h, tf.cast(expected, tf.float32), "native Dense")
+    wrapped.compile(optimizer=K.optimizers.Adam(0.05), loss="mse")
+    history = wrapped.fit(x, y, batch_size=8, epochs=4, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0]
+    for variable in model.weights:
+        assert tf.as_dtype(variable.dtype) == tf.float32, variable.name
+    assert not is_bf16(hidden.kernel.numpy())  # FP32 master weights
+    assert wrapped.predict(x, verbose=0).dtype == np.float32
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_native_rejects_truncation_and_stochastic_rounding(flavour):
+    K = FLAVOURS[flavour]
+    model = K.Sequential([K.Input((2,)), K.layers.Dense(2, name="d")])
+    for rounding in ("trunc", "stochastic"):
+        with pytest.raises(ValueError, match="natively"):
+            tfbf16.wrap(model, "native", grad_rounding=rounding)
+        with pytest.raises(ValueError):
+            tfbf16.BF16Wrapper(K.layers.Dense(2), rounding="native", grad_rounding=rounding)
+
+
+# ---------------------------------------------------------------- hardware
+
+
+def _cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_bf16_hardware_matches_cpuinfo(tmp_path):
+    hardware = tfbf16.bf16_hardware()
+    assert isinstance(hardware, tfbf16.BF16Hardware)
+    accelerators = tf.config.list_physical_devices("GPU") + tf.config.list_logical_devices("TPU")
+    if not accelerators:
+        expected = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+        assert bool(hardware) is expected
+        assert hardware.available is expected
+        assert bool(hardware.devices) is expected
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n")
+    with_amx = tfbf16.bf16_hardware(str(fake))
+    assert with_amx and any("amx_bf16" in d for d in with_amx.devices)
+    fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    if not accelerators:
+        assert not tfbf16.bf16_hardware(str(fake))
+        assert not tfbf16.bf16_hardware(str(tmp_path / "missing"))
