@@ -412,3 +412,39 @@ def test_stochastic_gradient_rounding_with_seed_is_reproducible():
 
     np.testing.assert_array_equal(grad(), grad())
     assert (as_bits(grad()) & 0xFFFF == 0).all()
+
+
+# ------------------------------------------------------- runtime rounding codes
+
+
+@pytest.mark.parametrize("exec_mode", EXEC_MODES)
+def test_runtime_codes_match_static_roundings_bit_exactly(exec_mode):
+    from tfbf16.rounding import ROUNDING_CODES
+
+    bits = np.random.default_rng(8).integers(0, 2**32, size=300_000, dtype=np.uint64)
+    bits = bits.astype(np.uint32)
+    x = tf.constant(bits.view(np.float32))
+    code = tf.Variable(0, dtype=tf.int32)
+    fn = lambda t: tfbf16.round_bf16(t, code, seed=5)  # noqa: E731
+    if exec_mode != "eager":
+        fn = tf.function(fn, jit_compile=(exec_mode == "xla"))
+    for name in ["rne", "trunc", "stochastic"]:
+        code.assign(ROUNDING_CODES[name])
+        np.testing.assert_array_equal(
+            as_bits(fn(x)), as_bits(tfbf16.round_bf16(x, name, seed=5)), err_msg=name
+        )
+    code.assign(ROUNDING_CODES["fp32"])
+    np.testing.assert_array_equal(as_bits(fn(x)), bits)  # unchanged, NaN payloads too
+
+
+def test_runtime_code_on_float64_and_gradients():
+    from tfbf16.rounding import ROUNDING_CODES
+
+    code = tf.Variable(ROUNDING_CODES["trunc"], dtype=tf.int32)
+    x = tf.constant([1 + 2**-8 + 2**-40, -1.9999], tf.float64)
+    np.testing.assert_array_equal(tfbf16.round_bf16(x, code), tfbf16.round_bf16(x, "trunc"))
+    v = tf.Variable([0.5, 0.25])
+    up = tf.constant([1.0048828125, 1.0009765625])
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(tfbf16.quantize(v, code, code) * up)
+    np.testing.assert_array_equal(tape.gradient(y, v), [1.0, 1.0])  # truncated

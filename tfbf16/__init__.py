@@ -9,7 +9,8 @@ Rounding op:
 Models (Keras 3 and tf_keras):
 - `wrap(model, rounding="rne", *, grad_rounding=None, policy=None)` and
   `unwrap(model)`; `BF16Wrapper(layer, ...)` for one layer; `BF16Policy` for
-  what is rounded where; `summary(model)`.
+  what is rounded where; `summary(model)`; `set_rounding(model, ...)` to
+  switch roundings between steps without retracing.
 - `bf16_hardware()`: whether `rounding="native"` runs on real bfloat16 units.
 """
 
@@ -17,13 +18,13 @@ from tfbf16.hardware import BF16Hardware, bf16_hardware
 from tfbf16.policy import BF16Policy, LayerRounding
 from tfbf16.rounding import ROUNDINGS, quantize, round_bf16, round_gradient
 from tfbf16.summary import summary
-from tfbf16.wrap import unwrap, wrap
+from tfbf16.wrap import set_rounding, unwrap, wrap
 from tfbf16.wrapper_base import BF16Wrapper
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BF16Hardware", "BF16Policy", "BF16Wrapper", "LayerRounding", "ROUNDINGS",
-    "bf16_hardware", "quantize", "round_bf16", "round_gradient", "summary",
-    "unwrap", "wrap",
+    "bf16_hardware", "quantize", "round_bf16", "round_gradient", "set_rounding",
+    "summary", "unwrap", "wrap",
 ]

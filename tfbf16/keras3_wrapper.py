@@ -35,6 +35,7 @@ class BF16Wrapper(EmulatedCallMixin, keras.layers.Wrapper):
     def build(self, input_shape=None):
         if not self.layer.built:
             self.layer.build(input_shape)
+        self._build_rounding_codes(keras.initializers.Constant)
         self.built = True
 
     def call(self, inputs, *args, **kwargs):

@@ -17,6 +17,11 @@ import tensorflow as tf
 
 ROUNDINGS = ("rne", "trunc", "stochastic")
 
+#: Integer codes for a rounding held in a tensor (e.g. a variable that a
+#: callback changes while a traced training step keeps running). Code 0,
+#: "fp32", leaves values unchanged.
+ROUNDING_CODES = {"fp32": 0, "rne": 1, "trunc": 2, "stochastic": 3}
+
 # float32 bit-pattern constants, as int32 (TensorFlow's integer kernels wrap).
 _HIGH_HALF_MASK = -65536  # 0xFFFF0000
 _ABS_MASK = 0x7FFFFFFF
@@ -45,6 +50,9 @@ def set_xla_rounding(enabled):
 def check_rounding(rounding, allowed=ROUNDINGS):
     """Returns `rounding` if it is one of `allowed`, else raises ValueError.
 
+    A tensor (a runtime rounding code, see `ROUNDING_CODES`) is accepted as
+    it is: its value is only known when the graph runs.
+
     Args:
         rounding: the rounding name to check.
         allowed: the valid names.
@@ -52,6 +60,8 @@ def check_rounding(rounding, allowed=ROUNDINGS):
     Returns:
         `rounding`, unchanged.
     """
+    if _is_runtime_code(rounding):
+        return rounding
     if rounding not in allowed:
         raise ValueError(
             f"Unknown rounding {rounding!r}. Valid roundings are: "
@@ -60,33 +70,77 @@ def check_rounding(rounding, allowed=ROUNDINGS):
     return rounding
 
 
-def _round_float32_bits(x, rounding, random_bits):
+def _is_runtime_code(rounding):
+    return isinstance(rounding, (tf.Tensor, tf.Variable))
+
+
+def _read_code(rounding):
+    """Reads a runtime rounding code held in a variable (names pass through).
+
+    Reading it before entering a custom-gradient function keeps TensorFlow
+    from treating the code variable as a differentiable input.
+    """
+    if isinstance(rounding, tf.Variable):
+        return tf.convert_to_tensor(rounding)
+    return rounding
+
+
+def rounding_code(rounding):
+    """The integer code (see `ROUNDING_CODES`) of a rounding name."""
+    if rounding not in ROUNDING_CODES:
+        raise ValueError(
+            f"Unknown rounding {rounding!r}. Valid roundings are: "
+            f"{', '.join(repr(r) for r in ROUNDING_CODES)}."
+        )
+    return ROUNDING_CODES[rounding]
+
+
+def _round_float32_bits(x, rounding, seed):
     """Rounds a float32 tensor to bfloat16 values with integer bit ops.
 
     Args:
         x: float32 tensor.
-        rounding: one of `ROUNDINGS`.
-        random_bits: for "stochastic", an int32 tensor of x's shape with
-            values in [0, 65535]; ignored otherwise.
+        rounding: one of `ROUNDINGS`, or an int32 scalar tensor holding a
+            code of `ROUNDING_CODES` (all modes in one fused kernel).
+        seed: int64 tensor of shape [2], the stateless seed of the random
+            bits of stochastic rounding (unused by the other modes).
 
     Returns:
-        float32 tensor whose low 16 bits are zero (or a canonical NaN).
+        float32 tensor whose low 16 bits are zero (or a canonical NaN), or
+        x unchanged for the runtime code of "fp32".
     """
     bits = tf.bitcast(x, tf.int32)
-    if rounding == "rne":
+    original = bits
+    mask = _HIGH_HALF_MASK
+    if _is_runtime_code(rounding):
+        lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
+        random_bits = tf.cond(
+            tf.equal(rounding, ROUNDING_CODES["stochastic"]),
+            lambda: _stateless_random_bits(tf.shape(x), seed),
+            lambda: tf.zeros(tf.shape(x), tf.int32),
+        )
+        bias = tf.where(
+            tf.equal(rounding, ROUNDING_CODES["rne"]),
+            _RNE_BIAS + lsb,
+            random_bits,
+        )
+        bits = bits + bias
+        mask = tf.where(tf.equal(rounding, ROUNDING_CODES["fp32"]), -1, _HIGH_HALF_MASK)
+    elif rounding == "rne":
         lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
         bits = bits + (_RNE_BIAS + lsb)
     elif rounding == "stochastic":
-        bits = bits + random_bits
-    rounded = tf.bitwise.bitwise_and(bits, _HIGH_HALF_MASK)
+        bits = bits + _stateless_random_bits(tf.shape(x), seed)
+    rounded = tf.bitwise.bitwise_and(bits, mask)
     # A NaN becomes the canonical quiet NaN with its sign kept (what
     # ml_dtypes and AVX512_BF16 produce); without this guard adding a bias
     # or masking can turn a NaN into an Inf.
-    original = tf.bitcast(x, tf.int32)
     is_nan = tf.bitwise.bitwise_and(original, _ABS_MASK) > _EXP_MASK
     nan_bits = tf.bitwise.bitwise_or(
         tf.bitwise.bitwise_and(original, _SIGN_MASK), _QUIET_NAN
     )
+    if _is_runtime_code(rounding):
+        nan_bits = tf.where(tf.equal(rounding, ROUNDING_CODES["fp32"]), original, nan_bits)
     return tf.bitcast(tf.where(is_nan, nan_bits, rounded), tf.float32)
 
 
@@ -95,17 +149,21 @@ _round_float32_bits_xla = tf.function(
 )
 
 
-def _random_bits(shape, seed, bits=16):
-    """`bits` (16 or 32) uniform random bits per element, as int32 or int64.
+def _stateless_random_bits(shape, seed):
+    """16 uniform random bits per element (int32), a pure function of seed."""
+    return tf.random.stateless_uniform(shape, seed=seed, maxval=2**16, dtype=tf.int32)
 
-    Stateless (a pure function of `seed`) when a seed is given; otherwise
-    drawn from TensorFlow's global random state.
+
+def _seed_for_call(seed):
+    """A stateless seed for one rounding call.
+
+    An explicit seed is used as it is; with None a fresh seed is drawn from
+    TensorFlow's global random state, so results follow `tf.random.set_seed`
+    and every call (also every call inside one traced function) differs.
     """
-    dtype, maxval = (tf.int32, 2**16) if bits == 16 else (tf.int64, 2**32)
     if seed is None:
-        return tf.random.uniform(shape, maxval=maxval, dtype=dtype)
-    seed = _as_stateless_seed(seed)
-    return tf.random.stateless_uniform(shape, seed=seed, maxval=maxval, dtype=dtype)
+        return tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+    return _as_stateless_seed(seed)
 
 
 def _as_stateless_seed(seed):
@@ -130,12 +188,17 @@ def _derive_seed(seed, offset):
 
 
 def _round_float32(x, rounding, seed):
-    random_bits = tf.zeros([], tf.int32)
-    if rounding == "stochastic":
-        random_bits = _random_bits(tf.shape(x), seed)
-    if _state["use_xla"]:
-        return _round_float32_bits_xla(x, rounding, random_bits)
-    return _round_float32_bits(x, rounding, random_bits)
+    if _is_runtime_code(rounding):
+        rounding = tf.cast(rounding, tf.int32)
+    if _is_runtime_code(rounding) or rounding == "stochastic":
+        seed = _seed_for_call(seed)
+    else:
+        seed = tf.zeros([2], tf.int64)
+    kernel = _round_float32_bits_xla if _state["use_xla"] else _round_float32_bits
+    rounded = kernel(x, rounding, seed)
+    if not tf.executing_eagerly():
+        rounded.set_shape(x.shape)  # the traced kernel may relax the shape
+    return rounded
 
 
 # float64 bit-pattern constants.
@@ -179,7 +242,9 @@ def _round_float64(x, rounding, seed):
     else:
         # The top 32 bits of the dropped fraction against 32 random bits.
         fraction = tf.bitwise.right_shift(remainder, tf.minimum(shift - 32, 63))
-        threshold = _random_bits(tf.shape(x), seed, bits=32)
+        threshold = tf.random.stateless_uniform(
+            tf.shape(x), seed=_seed_for_call(seed), maxval=2**32, dtype=tf.int64
+        )
         up = fraction + threshold >= 2**32
     kept = kept + tf.cast(up, tf.int64)
     # The result is kept * 2**scale_exponent, a normal float64: an exact
@@ -213,6 +278,13 @@ def _round_raw(x, rounding, seed):
         # bfloat16 value inside float16's range (larger ones become +-Inf).
         return tf.cast(_round_float32(tf.cast(x, tf.float32), rounding, seed), dtype)
     if dtype == tf.float64:
+        if _is_runtime_code(rounding):
+            return tf.switch_case(
+                tf.cast(rounding, tf.int32),
+                [lambda: x] + [
+                    (lambda r: lambda: _round_float64(x, r, seed))(r) for r in ROUNDINGS
+                ],
+            )
         return _round_float64(x, rounding, seed)
     raise TypeError(_dtype_error(dtype))
 
@@ -263,7 +335,9 @@ def round_bf16(x, rounding="rne", *, seed=None):
     Args:
         x: a floating-point tensor (or anything `tf.convert_to_tensor`
             accepts).
-        rounding: one of `tfbf16.ROUNDINGS`.
+        rounding: one of `tfbf16.ROUNDINGS`, or an integer scalar tensor
+            (e.g. a variable) holding a code of `ROUNDING_CODES`, which lets
+            a traced function switch rounding without retracing.
         seed: only for "stochastic". None draws from TensorFlow's global
             random state (reproducible under `tf.random.set_seed`; each call
             inside a `tf.function` draws fresh bits); a Python int or an
@@ -282,7 +356,7 @@ def round_bf16(x, rounding="rne", *, seed=None):
     >>> tfbf16.round_bf16(tf.constant([1.00390625, 3.14159]))
     <tf.Tensor: shape=(2,), dtype=float32, numpy=array([1.       , 3.140625], dtype=float32)>
     """
-    check_rounding(rounding)
+    rounding = _read_code(check_rounding(rounding))
     x = _to_float_tensor(x)
     return _straight_through_round(x, rounding, seed)
 
@@ -330,9 +404,11 @@ def quantize(x, rounding="rne", grad_rounding="rne", *, seed=None):
 
     Args:
         x: a floating-point tensor.
-        rounding: forward rounding, one of `tfbf16.ROUNDINGS`.
-        grad_rounding: backward rounding, one of `tfbf16.ROUNDINGS`, or None
-            to pass the gradient through unchanged.
+        rounding: forward rounding, one of `tfbf16.ROUNDINGS` (or a
+            runtime code tensor, as in `round_bf16`).
+        grad_rounding: backward rounding, one of `tfbf16.ROUNDINGS` (or a
+            runtime code tensor), or None to pass the gradient through
+            unchanged.
         seed: as in `round_bf16`. With an explicit seed, the backward pass
             uses a different seed derived from it.
 
@@ -351,9 +427,9 @@ def quantize(x, rounding="rne", grad_rounding="rne", *, seed=None):
     >>> tape.gradient(y, x)   # 3.0 is exact in bfloat16
     <tf.Tensor: ... numpy=array([3.], dtype=float32)>
     """
-    check_rounding(rounding)
+    rounding = _read_code(check_rounding(rounding))
     if grad_rounding is not None:
-        check_rounding(grad_rounding)
+        grad_rounding = _read_code(check_rounding(grad_rounding))
     x = _to_float_tensor(x)
     backward_seed = _derive_seed(seed, 1)
 

@@ -24,16 +24,15 @@ def summary_rows(model):
     for path, layer in iter_layers(model):
         if isinstance(layer, BF16Wrapper):
             inner = layer.layer
-            settings = layer.settings
-            native = settings.rounding == "native"
+            rounding, grad_rounding = layer.current_rounding()
+            native = rounding == "native"
             rows.append({
                 "layer": path,
                 "class": type(inner).__name__,
                 "emulated": True,
                 "tensors": "computes in bfloat16" if native
                 else emulation.rounded_tensors_of(inner, layer.kind),
-                "rounding": settings.rounding if native
-                else f"{settings.rounding} (grad: {settings.grad_rounding})",
+                "rounding": rounding if native else f"{rounding} (grad: {grad_rounding})",
             })
             continue
         kind = emulation.layer_kind(layer)

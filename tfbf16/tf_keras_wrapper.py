@@ -31,6 +31,7 @@ class BF16Wrapper(EmulatedCallMixin, tf_keras.layers.Wrapper):
     def build(self, input_shape=None):
         if not self.layer.built:
             self.layer.build(input_shape)
+        self._build_rounding_codes(tf_keras.initializers.Constant)
         self.built = True
 
     def call(self, inputs, *args, training=None, mask=None, **kwargs):

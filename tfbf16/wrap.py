@@ -179,6 +179,46 @@ class _ModelWrapper:
             )
 
 
+def set_rounding(model, rounding, *, grad_rounding=None, layers=None):
+    """Switches the emulated rounding of a wrapped model, or of some layers.
+
+    The rounding is held in variables that traced training steps read, so
+    the change takes effect at the next step without recompiling or
+    retracing anything. "fp32" turns emulation off for the chosen layers.
+
+    Args:
+        model: a model returned by `tfbf16.wrap` (emulated, not native).
+        rounding: "fp32", "rne", "trunc" or "stochastic".
+        grad_rounding: the gradients' rounding; None means "same as rounding".
+        layers: None for every wrapped layer, or names / regular expressions
+            / classes selecting layers (as in `BF16Policy(include=...)`).
+
+    Returns:
+        The names of the layers that were changed.
+
+    Raises:
+        ValueError: if no wrapped layer matches.
+
+    Example:
+
+    >>> tfbf16.set_rounding(model, "fp32", layers=["dense_2"])
+    """
+    selector = BF16Policy(include=layers) if layers is not None else None
+    changed = []
+    for _, layer in iter_layers(model):
+        if isinstance(layer, BF16Wrapper) and (
+            selector is None or selector.selects(layer.layer)
+        ):
+            layer.set_rounding(rounding, grad_rounding)
+            changed.append(layer.name)
+    if not changed:
+        raise ValueError(
+            f"No wrapped layer of {model.name!r} matches layers={layers!r}; "
+            "tfbf16.summary(model) lists the wrapped layers."
+        )
+    return changed
+
+
 def _unwrap_any(flavour, model):
     if isinstance(model, BF16Wrapper):
         return model.layer

@@ -8,13 +8,14 @@ instances of `tfbf16.BF16Wrapper`.
 
 import abc
 import contextlib
+import dataclasses
 import warnings
 
 import tensorflow as tf
 
 from tfbf16 import emulation
 from tfbf16.policy import WRAP_ROUNDINGS, LayerRounding
-from tfbf16.rounding import check_rounding
+from tfbf16.rounding import ROUNDING_CODES, check_rounding, rounding_code
 
 _NATIVE_POLICY = "mixed_bfloat16"
 
@@ -77,11 +78,65 @@ class EmulatedCallMixin:
 
     @property
     def rounding(self):
+        """The rounding the wrapper was created with (see `current_rounding`)."""
         return self.settings.rounding
+
+    def _build_rounding_codes(self, constant_initializer):
+        """Creates the variables that hold the rounding while a graph runs.
+
+        Emulated roundings are read from two scalar int32 variables (forward
+        and gradient, codes of `tfbf16.rounding.ROUNDING_CODES`) at every
+        call, so `set_rounding` can switch a traced training step between
+        "fp32", "rne", "trunc" and "stochastic" without retracing it.
+        """
+        if self.settings.rounding == "native" or hasattr(self, "rounding_code"):
+            return
+        grad = self.settings.grad_rounding or "fp32"
+        self.rounding_code = self.add_weight(
+            name="rounding_code", shape=(), dtype="int32", trainable=False,
+            initializer=constant_initializer(rounding_code(self.settings.rounding)),
+        )
+        self.grad_rounding_code = self.add_weight(
+            name="grad_rounding_code", shape=(), dtype="int32", trainable=False,
+            initializer=constant_initializer(rounding_code(grad)),
+        )
+
+    def set_rounding(self, rounding, grad_rounding=None):
+        """Switches this layer's emulated rounding (no retrace needed).
+
+        Args:
+            rounding: "fp32", "rne", "trunc" or "stochastic".
+            grad_rounding: the gradient's rounding; None means "same as
+                rounding".
+        """
+        if self.settings.rounding == "native":
+            raise ValueError(
+                f"Layer {self.name!r} computes in native bfloat16; its rounding "
+                "cannot be switched at run time. Wrap the model with an emulated "
+                "rounding to schedule roundings."
+            )
+        self.rounding_code.assign(rounding_code(rounding))
+        self.grad_rounding_code.assign(rounding_code(grad_rounding or rounding))
+
+    def current_rounding(self):
+        """(forward, gradient) rounding names in effect now."""
+        if self.settings.rounding == "native" or not hasattr(self, "rounding_code"):
+            return self.settings.rounding, self.settings.grad_rounding
+        names = {code: name for name, code in ROUNDING_CODES.items()}
+        return (
+            names[int(tf.convert_to_tensor(self.rounding_code))],
+            names[int(tf.convert_to_tensor(self.grad_rounding_code))],
+        )
 
     def _emulated_call(self, inputs, args, kwargs):
         settings = self.settings
-        if settings.rounding == "native":
+        if settings.rounding != "native":
+            settings = dataclasses.replace(
+                settings,
+                rounding=tf.convert_to_tensor(self.rounding_code),
+                grad_rounding=tf.convert_to_tensor(self.grad_rounding_code),
+            )
+        if self.settings.rounding == "native":
             with self._native_scope():
                 outputs = self._call_inner_plain(inputs, args, kwargs)
             return tf.nest.map_structure(_to_float32, outputs)
