@@ -128,7 +128,20 @@ class EmulatedCallMixin:
             names[int(tf.convert_to_tensor(self.grad_rounding_code))],
         )
 
+    #: Set on an instance (bypassing Keras tracking, never saved) by
+    #: `tfbf16.callbacks` while it instruments a training step: a callable
+    #: `observer(wrapper, call, inputs, args, kwargs)` that must return
+    #: `call(inputs, args, kwargs)` (possibly with observed inputs/outputs).
+    #: None (the default) costs one attribute read at trace time.
+    _tfbf16_observer = None
+
     def _emulated_call(self, inputs, args, kwargs):
+        observer = self._tfbf16_observer
+        if observer is not None:
+            return observer(self, self._unobserved_call, inputs, args, kwargs)
+        return self._unobserved_call(inputs, args, kwargs)
+
+    def _unobserved_call(self, inputs, args, kwargs):
         settings = self.settings
         if settings.rounding != "native":
             settings = dataclasses.replace(
