@@ -19,6 +19,12 @@ BUG_KERAS3_TRAINING_ARG = (
     "is True, which the wrapper's call(inputs, *args, **kwargs) signature makes "
     "False; stateless_call calls layer.call directly)"
 )
+BUG_NATIVE_CROSS_TWO_INPUTS = (
+    "tfbf16 bug: rounding='native' fails on tfrs Cross called as cross(x0, x) "
+    "(stacked DCN layers): tf_keras' mixed_bfloat16 autocast casts only the "
+    "first input, so x0 is bfloat16 and x float32 and `x0 * prod + x` raises "
+    "TypeError; the native wrapper should cast every float input"
+)
 BUG_KERAS3_MASK_ARG = (
     "tfbf16 bug: the Keras 3 BF16Wrapper drops the Keras mask: Keras 3.15 fills "
     "in `mask` only when 'mask' is in the wrapper's call signature, and "
@@ -322,6 +328,26 @@ def test_native_mode_computes_in_bfloat16_with_fp32_variables_and_outputs(flavou
         assert tf.as_dtype(variable.dtype) == tf.float32, variable.name
     assert not is_bf16(hidden.kernel.numpy())  # FP32 master weights
     assert wrapped.predict(x, verbose=0).dtype == np.float32
+
+
+@pytest.mark.xfail(strict=True, reason=BUG_NATIVE_CROSS_TWO_INPUTS)
+def test_native_mode_trains_a_stacked_tfrs_dcn():
+    import tensorflow_recommenders as tfrs
+
+    tf_keras.utils.set_random_seed(15)
+    inputs = tf_keras.Input((6,))
+    x = tfrs.layers.dcn.Cross(name="cross0")(inputs)
+    x = tfrs.layers.dcn.Cross(projection_dim=3, name="cross1")(inputs, x)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(1, name="logit")(x))
+    wrapped = tfbf16.wrap(model, "native")
+    rng = np.random.default_rng(16)
+    x_data = rng.standard_normal((16, 6)).astype(np.float32)
+    y_data = rng.integers(0, 2, (16, 1)).astype(np.float32)
+    out = wrapped(x_data)
+    assert out.dtype == tf.float32 and is_bf16(out.numpy())
+    wrapped.compile(optimizer="adam", loss=tf_keras.losses.BinaryCrossentropy(from_logits=True))
+    history = wrapped.fit(x_data, y_data, batch_size=8, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history))
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
