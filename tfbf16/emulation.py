@@ -22,6 +22,7 @@ Weights are rounded once per call by the Keras-version-specific wrapper.
 """
 
 import contextlib
+import inspect
 
 import tensorflow as tf
 
@@ -133,15 +134,18 @@ def round_gradient_only(value, settings):
     return _identity(value)
 
 
-def round_inputs(args, kwargs, settings):
-    """Rounds the float tensors among a call's arguments (masks excepted)."""
-    if not settings.inputs:
-        return args, kwargs
+def map_float_arguments(fn, args, kwargs):
+    """Applies `fn` to the float tensors among a call's arguments.
+
+    Arguments whose keyword names a mask are left alone (a float attention
+    mask is not data).
+
+    Returns:
+        (args, kwargs) with those tensors replaced.
+    """
 
     def one(value):
-        if is_float_tensor(value):
-            return round_forward(value, settings, settings.input_gradients)
-        return value
+        return fn(value) if is_float_tensor(value) else value
 
     args = tf.nest.map_structure(one, args)
     kwargs = {
@@ -149,6 +153,15 @@ def round_inputs(args, kwargs, settings):
         for key, value in kwargs.items()
     }
     return args, kwargs
+
+
+def round_inputs(args, kwargs, settings):
+    """Rounds the float tensors among a call's arguments (masks excepted)."""
+    if not settings.inputs:
+        return args, kwargs
+    return map_float_arguments(
+        lambda t: round_forward(t, settings, settings.input_gradients), args, kwargs
+    )
 
 
 def round_outputs(outputs, settings):
@@ -211,16 +224,25 @@ def _round_sublayer_call(sublayer, settings):
 
 def _round_attention_call(layer, settings):
     compute_attention = layer._compute_attention
+    # Keras 3 sends dropout-free attention to a fused dot_product_attention
+    # kernel unless attention scores are requested; ask for them so that the
+    # explicit einsum path (whose inputs we can round) runs. The caller drops
+    # the scores it did not ask for.
+    takes_scores_flag = "return_attention_scores" in inspect.signature(
+        compute_attention
+    ).parameters
 
     def compute_attention_with_rounded_inputs(query, key, value, *args, **kwargs):
         (query, key, value), _ = round_inputs((query, key, value), {}, settings)
+        if takes_scores_flag and not args:
+            kwargs["return_attention_scores"] = True
         return compute_attention(query, key, value, *args, **kwargs)
 
     return compute_attention_with_rounded_inputs
 
 
-def _round_output_call(sublayer, settings):
-    call = sublayer.call
+def _round_output_call(call, settings):
+    """`call` with its float outputs rounded (as inputs of a next GEMM)."""
 
     def call_with_rounded_outputs(*args, **kwargs):
         outputs = call(*args, **kwargs)
@@ -263,13 +285,22 @@ def interior_rounding(layer, kind, settings):
                 if getattr(sub, "_could_use_gpu_kernel", False):
                     stack.enter_context(replaced_attribute(sub, "_could_use_gpu_kernel", False))
         if kind == ATTENTION:
+            # q, k, v enter the first and second einsum; the probabilities
+            # (softmax output, and dropout's when active) the second.
             stack.enter_context(
                 replaced_attribute(layer, "_compute_attention", _round_attention_call(layer, settings))
             )
+            stack.enter_context(
+                replaced_attribute(
+                    layer, "_masked_softmax", _round_output_call(layer._masked_softmax, settings)
+                )
+            )
             dropout = layer._dropout_layer
             stack.enter_context(
-                replaced_attribute(dropout, "call", _round_output_call(dropout, settings))
+                replaced_attribute(dropout, "call", _round_output_call(dropout.call, settings))
             )
+            if getattr(layer, "_flash_attention", False):
+                stack.enter_context(replaced_attribute(layer, "_flash_attention", False))
         yield
 
 

@@ -27,14 +27,22 @@ class BF16Wrapper(EmulatedCallMixin, keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         self._init_emulation(layer, rounding, grad_rounding, settings)
         self.supports_masking = layer.supports_masking
-        # Take `training` and `mask` exactly when the inner layer does, so that
-        # graph nodes record the same call arguments as the unwrapped layer.
+        # Present the inner layer's call signature to Keras, so that Keras
+        # injects `training` and `mask` exactly when the inner layer takes
+        # them and graph nodes record the same arguments as for the
+        # unwrapped layer (which `unwrap` relies on). `call` below accepts
+        # anything and passes it on.
+        self._call_signature = layer._call_signature
+        self.call_signature_parameters = list(layer.call_signature_parameters)
         self._call_has_training_arg = layer._call_has_training_arg
         self._call_has_mask_arg = layer._call_has_mask_arg
+        self._call_context_args = set(layer._call_context_args)
+        self._call_has_context_arg = dict(layer._call_has_context_arg)
 
     def build(self, input_shape=None):
-        if not self.layer.built:
-            self.layer.build(input_shape)
+        # An unbuilt inner layer is built by its own first call (see
+        # EmulatedCallMixin._ensure_inner_built): only it knows the shapes
+        # of all its arguments (MultiHeadAttention needs query and value).
         self._build_rounding_codes(keras.initializers.Constant)
         self.built = True
 

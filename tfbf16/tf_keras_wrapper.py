@@ -7,6 +7,7 @@ the variable through the rounding op), then restored.
 """
 
 import contextlib
+import copy
 
 import tensorflow as tf
 import tf_keras
@@ -29,8 +30,8 @@ class BF16Wrapper(EmulatedCallMixin, tf_keras.layers.Wrapper):
         self.supports_masking = layer.supports_masking
 
     def build(self, input_shape=None):
-        if not self.layer.built:
-            self.layer.build(input_shape)
+        # An unbuilt inner layer is built by its own first call (see
+        # EmulatedCallMixin._ensure_inner_built).
         self._build_rounding_codes(tf_keras.initializers.Constant)
         self.built = True
 
@@ -79,6 +80,20 @@ class BF16Wrapper(EmulatedCallMixin, tf_keras.layers.Wrapper):
 
     def get_config(self):
         return {**super().get_config(), **self.emulation_config()}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # tf_keras' Wrapper.from_config picks the legacy format from the
+        # *wrapper's* config, which ignores the inner layer's registered name
+        # (e.g. "Custom>Cross" for tensorflow-recommenders' Cross).
+        config = copy.deepcopy(config)
+        layer_config = config.pop("layer")
+        layer = tf_keras.layers.deserialize(
+            layer_config,
+            custom_objects=custom_objects,
+            use_legacy_format="module" not in layer_config,
+        )
+        return cls(layer, **config)
 
 
 @contextlib.contextmanager

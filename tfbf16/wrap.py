@@ -69,11 +69,12 @@ def wrap(model, rounding="rne", *, grad_rounding=None, policy=None):
                 "layer_roundings cannot mix 'native' with emulated roundings in one "
                 f"model (model rounding {rounding!r}, layer rounding {layer_rounding!r})."
             )
+    flavour = flavour_of(model)
     if _is_wrapped(model):
         raise ValueError(
             f"{model.name!r} is already wrapped by tfbf16; call tfbf16.unwrap() first."
         )
-    wrapper = _ModelWrapper(flavour_of(model), rounding, grad_rounding or rounding, policy)
+    wrapper = _ModelWrapper(flavour, rounding, grad_rounding or rounding, policy)
     wrapped = wrapper.wrap_any(model)
     wrapper.warn_unsupported()
     return wrapped
@@ -125,6 +126,8 @@ class _ModelWrapper:
         return result
 
     def _wrap_new(self, layer):
+        if not _is_layer(layer):
+            return layer  # a plain operation of a Keras 3 graph (slicing, +, ...)
         if isinstance(layer, BF16Wrapper):
             raise ValueError(f"Layer {layer.name!r} is already a tfbf16.BF16Wrapper.")
         kind = emulation.layer_kind(layer)
@@ -222,6 +225,8 @@ def set_rounding(model, rounding, *, grad_rounding=None, layers=None):
 def _unwrap_any(flavour, model):
     if isinstance(model, BF16Wrapper):
         return model.layer
+    if not _is_layer(model):
+        return model
     kind = emulation.layer_kind(model)
     if kind == emulation.MODEL and flavour.is_functional(model):
         new = flavour.clone_model(model, clone_function=lambda l: _unwrap_any(flavour, l))

@@ -135,7 +135,23 @@ class EmulatedCallMixin:
     #: None (the default) costs one attribute read at trace time.
     _tfbf16_observer = None
 
+    def _ensure_inner_built(self, inputs, args, kwargs):
+        """Builds an unbuilt inner layer through one plain call of its own.
+
+        Only the layer's own `__call__` knows how to build it from all of its
+        arguments (MultiHeadAttention needs query and value shapes). The call
+        runs in inference mode and its result is dropped, so it updates no
+        statistics.
+        """
+        if self.layer.built:
+            return
+        build_kwargs = dict(kwargs)
+        if "training" in build_kwargs:
+            build_kwargs["training"] = False
+        self._call_inner_plain(inputs, args, build_kwargs)
+
     def _emulated_call(self, inputs, args, kwargs):
+        self._ensure_inner_built(inputs, args, kwargs)
         observer = self._tfbf16_observer
         if observer is not None:
             return observer(self, self._unobserved_call, inputs, args, kwargs)
@@ -150,6 +166,10 @@ class EmulatedCallMixin:
                 grad_rounding=tf.convert_to_tensor(self.grad_rounding_code),
             )
         if self.settings.rounding == "native":
+            # Cast every float input: Keras autocasts only the first one.
+            (inputs, args), kwargs = emulation.map_float_arguments(
+                _to_bfloat16, (inputs, args), kwargs
+            )
             with self._native_scope():
                 outputs = self._call_inner_plain(inputs, args, kwargs)
             return tf.nest.map_structure(_to_float32, outputs)
@@ -184,6 +204,10 @@ class EmulatedCallMixin:
 
     def emulation_config(self):
         return {"settings": self.settings.get_config()}
+
+
+def _to_bfloat16(value):
+    return tf.cast(value, tf.bfloat16) if value.dtype != tf.bfloat16 else value
 
 
 def _to_float32(value):
