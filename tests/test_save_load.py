@@ -128,22 +128,15 @@ def _cross():
     return tfrs.layers.dcn.Cross(projection_dim=2, name="cross")
 
 
-BUG_CROSS_RELOAD = (
-    "tfbf16 bug: a wrapped tfrs Cross cannot be reloaded from .keras/.h5 "
-    "(ValueError: Unknown layer: 'Cross'), while the FP32 model reloads: "
-    "tf_keras' Wrapper.from_config deserializes the inner layer with "
-    "use_legacy_format=True (its config has no 'module' key), which ignores the "
-    "inner config's registered_name 'Custom>Cross'"
-)
 
 
 @pytest.mark.parametrize(
     "fmt, with_cross",
     [
         ("keras", False),
-        pytest.param("keras", True, marks=pytest.mark.xfail(strict=True, reason=BUG_CROSS_RELOAD)),
+        ("keras", True),
         ("h5", False),
-        pytest.param("h5", True, marks=pytest.mark.xfail(strict=True, reason=BUG_CROSS_RELOAD)),
+        ("h5", True),
     ],
 )
 def test_tf_keras_round_trip(tmp_path, fmt, with_cross):

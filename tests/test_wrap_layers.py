@@ -30,24 +30,6 @@ FLAVOURS = {"keras3": keras, "tf_keras": tf_keras}
 
 # Library bugs these tests found (see the report of the test author); each
 # marked test must start passing (strict xfail) once the bug is fixed.
-BUG_KERAS3_TRAINING_ARG = (
-    "tfbf16 bug: the Keras 3 BF16Wrapper never passes `training` to the inner "
-    "layer: its call(inputs, *args, **kwargs) signature leaves Keras 3.15's "
-    "_call_has_context_arg['training'] False, and stateless_call calls "
-    "layer.call directly, so wrapped BatchNormalization always normalizes "
-    "with its moving statistics and never updates them"
-)
-BUG_KERAS3_MHA_PROBS = (
-    "tfbf16 bug: Keras 3 MultiHeadAttention with dropout=0 computes attention "
-    "with ops.dot_product_attention, which never calls _dropout_layer, so the "
-    "attention probabilities entering the second matmul stay FP32"
-)
-BUG_UNBUILT_MHA = (
-    "tfbf16 bug: BF16Wrapper around an unbuilt MultiHeadAttention fails on its "
-    "first call: Keras 3 calls MHA.build(input_shape) without value_shape "
-    "(TypeError); tf_keras builds MHA inside its first call, but "
-    "interior_rounding reads layer._dropout_layer before that (AttributeError)"
-)
 BUG_GRU_STATE = (
     "tfbf16 bug: GRU: h(t-1) is rounded before the whole cell call, so the FP32 "
     "interpolation z * h(t-1) + (1 - z) * hh also uses the rounded state; only "
@@ -195,11 +177,7 @@ SIMPLE_LAYERS = {
 @pytest.mark.parametrize(
     "name, flavour",
     [
-        pytest.param(
-            name, flavour,
-            marks=[pytest.mark.xfail(strict=True, reason=BUG_KERAS3_TRAINING_ARG)]
-            if (name, flavour) == ("BatchNormalization-training", "keras3") else [],
-        )
+        (name, flavour)
         for name in SIMPLE_LAYERS for flavour in sorted(FLAVOURS)
     ],
 )
@@ -321,11 +299,7 @@ UNBUILT = {
 @pytest.mark.parametrize(
     "name, flavour",
     [
-        pytest.param(
-            name, flavour,
-            marks=[pytest.mark.xfail(strict=True, reason=BUG_UNBUILT_MHA)]
-            if name == "MultiHeadAttention" else [],
-        )
+        (name, flavour)
         for name in UNBUILT for flavour in sorted(FLAVOURS)
     ],
 )
@@ -504,7 +478,7 @@ def test_bidirectional_rounds_both_directions(flavour):
 @pytest.mark.parametrize(
     "flavour, dropout",
     [
-        pytest.param("keras3", 0.0, marks=pytest.mark.xfail(strict=True, reason=BUG_KERAS3_MHA_PROBS)),
+        ("keras3", 0.0),
         ("keras3", 0.1),
         ("tf_keras", 0.0),
         ("tf_keras", 0.1),

@@ -22,24 +22,6 @@ from tfbf16.summary import summary_rows
 FLAVOURS = {"keras3": keras, "tf_keras": tf_keras}
 
 # Library bugs these tests found; each marked test must pass once fixed.
-BUG_KERAS3_TRAINING_ARG = (
-    "tfbf16 bug: the Keras 3 BF16Wrapper never passes `training` to the inner "
-    "layer (Keras 3.15 injects it only when _call_has_context_arg['training'] "
-    "is True, which the wrapper's call(inputs, *args, **kwargs) signature makes "
-    "False; stateless_call calls layer.call directly), so wrapped "
-    "BatchNormalization runs in inference mode during fit"
-)
-BUG_KERAS3_OPS_NODES = (
-    "tfbf16 bug: wrap() of a Keras 3 functional model whose graph contains "
-    "keras.ops operations (slicing, `+`, keras.ops.relu, the NotEqual of "
-    "Embedding(mask_zero=True)) raises AttributeError: clone_model passes these "
-    "Operation objects (not Layers) to wrap_layer, and layer_kind reads .weights"
-)
-BUG_NON_KERAS_ARGUMENT = (
-    "tfbf16 bug: wrap(non-Keras object) raises AttributeError from "
-    "emulation.layer_kind instead of flavour_of's TypeError (unwrap raises the "
-    "TypeError): _is_wrapped(model) runs before flavour_of(model)"
-)
 
 # Classes whose every instance must be emulated in a default wrap.
 COMPUTE_CLASSES = {
@@ -197,7 +179,6 @@ def test_functional_multi_input_wraps_every_compute_layer_and_trains(flavour):
     check_unwrap(model, wrapped, x)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_KERAS3_OPS_NODES)
 def test_keras3_functional_with_keras_ops_nodes_wraps():
     inputs = keras.Input((6,))
     x = keras.layers.Dense(4, name="d0")(inputs[:, :5])
@@ -342,7 +323,6 @@ def test_keras3_application_wraps_fits_and_unwraps(app, expected):
     check_unwrap(model, wrapped, x)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_KERAS3_TRAINING_ARG)
 def test_keras3_application_trains_with_batch_statistics():
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10)
@@ -546,7 +526,6 @@ def test_bad_arguments_raise():
         tfbf16.unwrap(object())
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_NON_KERAS_ARGUMENT)
 def test_wrap_of_a_non_keras_object_raises_type_error():
     with pytest.raises(TypeError, match="Keras"):
         tfbf16.wrap(object())

@@ -13,31 +13,6 @@ from tfbf16.summary import summary_rows
 
 FLAVOURS = {"keras3": keras, "tf_keras": tf_keras}
 
-BUG_KERAS3_TRAINING_ARG = (
-    "tfbf16 bug: the Keras 3 BF16Wrapper never passes `training` to the inner "
-    "layer (Keras 3.15 injects it only when _call_has_context_arg['training'] "
-    "is True, which the wrapper's call(inputs, *args, **kwargs) signature makes "
-    "False; stateless_call calls layer.call directly)"
-)
-BUG_NATIVE_CROSS_TWO_INPUTS = (
-    "tfbf16 bug: rounding='native' fails on tfrs Cross called as cross(x0, x) "
-    "(stacked DCN layers): tf_keras' mixed_bfloat16 autocast casts only the "
-    "first input, so x0 is bfloat16 and x float32 and `x0 * prod + x` raises "
-    "TypeError; the native wrapper should cast every float input"
-)
-BUG_KERAS3_MASK_ARG = (
-    "tfbf16 bug: the Keras 3 BF16Wrapper drops the Keras mask: Keras 3.15 fills "
-    "in `mask` only when 'mask' is in the wrapper's call signature, and "
-    "stateless_call calls layer.call(inputs) directly, so a wrapped LSTM after "
-    "Embedding(mask_zero=True) processes the padding"
-)
-
-
-def xfail_keras3(reason):
-    return [
-        pytest.param("keras3", marks=pytest.mark.xfail(strict=True, reason=reason)),
-        "tf_keras",
-    ]
 
 
 def rnd(value):
@@ -228,7 +203,7 @@ def test_mirrored_strategy_fit(flavour):
 # ---------------------------------------------------------------- masks, training=
 
 
-@pytest.mark.parametrize("flavour", xfail_keras3(BUG_KERAS3_MASK_ARG))
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
 def test_mask_from_embedding_reaches_wrapped_lstm(flavour):
     K = FLAVOURS[flavour]
     K.utils.set_random_seed(7)
@@ -249,7 +224,7 @@ def test_mask_from_embedding_reaches_wrapped_lstm(flavour):
     assert not np.array_equal(out, model(padded).numpy())
 
 
-@pytest.mark.parametrize("flavour", xfail_keras3(BUG_KERAS3_TRAINING_ARG))
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
 def test_training_flag_reaches_wrapped_batch_normalization(flavour):
     K = FLAVOURS[flavour]
     K.utils.set_random_seed(8)
@@ -268,7 +243,7 @@ def test_training_flag_reaches_wrapped_batch_normalization(flavour):
     assert not np.allclose(infer_out.mean(axis=0), 0, atol=1e-2)
 
 
-@pytest.mark.parametrize("flavour", xfail_keras3(BUG_KERAS3_TRAINING_ARG))
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
 def test_training_flag_reaches_dropout_inside_wrapped_layer(flavour):
     K = FLAVOURS[flavour]
     K.utils.set_random_seed(10)
@@ -330,7 +305,6 @@ def test_native_mode_computes_in_bfloat16_with_fp32_variables_and_outputs(flavou
     assert wrapped.predict(x, verbose=0).dtype == np.float32
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_NATIVE_CROSS_TWO_INPUTS)
 def test_native_mode_trains_a_stacked_tfrs_dcn():
     import tensorflow_recommenders as tfrs
 

@@ -228,15 +228,14 @@ def _round_attention_call(layer, settings):
     # kernel unless attention scores are requested; ask for them so that the
     # explicit einsum path (whose inputs we can round) runs. The caller drops
     # the scores it did not ask for.
-    takes_scores_flag = "return_attention_scores" in inspect.signature(
-        compute_attention
-    ).parameters
+    signature = inspect.signature(compute_attention)
 
     def compute_attention_with_rounded_inputs(query, key, value, *args, **kwargs):
         (query, key, value), _ = round_inputs((query, key, value), {}, settings)
-        if takes_scores_flag and not args:
-            kwargs["return_attention_scores"] = True
-        return compute_attention(query, key, value, *args, **kwargs)
+        bound = signature.bind(query, key, value, *args, **kwargs)
+        if "return_attention_scores" in signature.parameters:
+            bound.arguments["return_attention_scores"] = True
+        return compute_attention(*bound.args, **bound.kwargs)
 
     return compute_attention_with_rounded_inputs
 

@@ -88,6 +88,11 @@ class BF16Wrapper(EmulatedCallMixin, tf_keras.layers.Wrapper):
         # (e.g. "Custom>Cross" for tensorflow-recommenders' Cross).
         config = copy.deepcopy(config)
         layer_config = config.pop("layer")
+        registered = tf_keras.saving.get_registered_object(
+            layer_config.get("registered_name") or ""
+        )
+        if registered is not None:  # e.g. "Custom>Cross"; h5 looks up "Cross"
+            custom_objects = {**(custom_objects or {}), layer_config["class_name"]: registered}
         layer = tf_keras.layers.deserialize(
             layer_config,
             custom_objects=custom_objects,
