@@ -12,6 +12,12 @@ Models (Keras 3 and tf_keras):
   what is rounded where; `summary(model)`; `set_rounding(model, ...)` to
   switch roundings between steps without retracing.
 - `bf16_hardware()`: whether `rounding="native"` runs on real bfloat16 units.
+
+Training with BF16 (submodules):
+- `tfbf16.callbacks`: `PrecisionMonitor`, `PrecisionSchedule`,
+  `SensitivityProbe`, `NonFiniteGuard` (Keras 3 and tf_keras `fit`).
+- `tfbf16.optimizers.BF16Weights(optimizer, update_rounding=...)`: weights
+  stored in BF16 after every step ("rne", "trunc", "stochastic", "kahan").
 """
 
 from tfbf16.hardware import BF16Hardware, bf16_hardware
@@ -20,11 +26,12 @@ from tfbf16.rounding import ROUNDINGS, quantize, round_bf16, round_gradient
 from tfbf16.summary import summary
 from tfbf16.wrap import set_rounding, unwrap, wrap
 from tfbf16.wrapper_base import BF16Wrapper
+from tfbf16 import callbacks, optimizers  # noqa: E402  (after the names they use)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BF16Hardware", "BF16Policy", "BF16Wrapper", "LayerRounding", "ROUNDINGS",
     "bf16_hardware", "quantize", "round_bf16", "round_gradient", "set_rounding",
-    "summary", "unwrap", "wrap",
+    "summary", "unwrap", "wrap", "callbacks", "optimizers",
 ]
