@@ -1,0 +1,295 @@
+"""What every experiment shares: precisions, the paired-seed runner, the optimizer.
+
+The comparison is paired, as in `recsys.study`: for a seed, the model is built
+once (with `keras.utils.set_random_seed(seed)`), its initial weights are
+saved, and every precision starts from exactly those weights and reads the
+same batches in the same order (and, for the GANs, the same noise). The
+models contain no dropout and no other random layer, so the only thing that
+differs between the runs of one seed is the arithmetic.
+
+Each experiment keeps one model per precision (built once, wrapped with
+`tfbf16.wrap` for the BF16 precisions) and one traced training step for it,
+and loads the seed's initial weights into it (and resets its optimizer) at
+the start of every run: tracing a wrapped model is what costs most at these
+sizes, and this way it happens once per precision, not once per run.
+"""
+
+import dataclasses
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tfbf16
+
+#: The precisions of the paper's comparison: FP32, and BF16 emulated with
+#: round-to-nearest-even or truncation.
+PRECISIONS = ("fp32", "rne", "trunc")
+#: Every precision an experiment accepts.
+ALL_PRECISIONS = ("fp32", "rne", "trunc", "stochastic", "native")
+PRECISION_LABELS = {
+    "fp32": "FP32", "rne": "BF16-RNE", "trunc": "BF16-TRUNC",
+    "stochastic": "BF16-SR", "native": "BF16-native",
+}
+
+
+def check_precisions(precisions):
+    precisions = list(precisions)
+    unknown = [p for p in precisions if p not in ALL_PRECISIONS]
+    if unknown:
+        raise ValueError(f"Unknown precisions {unknown}; choose from {ALL_PRECISIONS}.")
+    if "fp32" not in precisions:
+        raise ValueError("The precisions must include 'fp32', the baseline of the comparison.")
+    return precisions
+
+
+def wrap_for(model, precision):
+    """`model` itself for "fp32", else `tfbf16.wrap(model, rounding=precision)`."""
+    if precision == "fp32":
+        return model
+    return tfbf16.wrap(model, rounding=precision)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One reported metric.
+
+    Attributes:
+        key: name in the run's metrics dict.
+        label: name in the table.
+        higher_is_better: direction, shown as an arrow in the table.
+        digits: decimals shown in the table.
+    """
+    key: str
+    label: str
+    higher_is_better: bool
+    digits: int = 4
+
+
+@dataclasses.dataclass
+class RunResult:
+    """The outcome of one (experiment, precision, seed) run.
+
+    Attributes:
+        metrics: metric key -> value on the held-out data.
+        curves: series name -> list of (step, value) during training.
+        seconds: wall time of the run (training and evaluation; includes
+            tracing and compiling the precision's step on its first seed).
+        cpu_seconds: CPU time of the process during the run (on a shared
+            machine a steadier measure of cost than wall time).
+        seed: the seed of the run.
+        extras: anything experiment-specific (e.g. generated images), not
+            written to results.json.
+    """
+    metrics: dict
+    curves: dict
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    seed: int = 0
+    extras: dict = dataclasses.field(default_factory=dict)
+
+
+class Adam:
+    """Adam (Kingma & Ba) with its state and the weight update in FP32.
+
+    The paper keeps the weight update in FP32 (only GEMM/convolution inputs
+    are BF16), so the optimizer is the same for every precision. A small
+    hand-written Adam is used instead of `keras.optimizers.Adam` because it
+    traces an order of magnitude faster for wrapped models and can be reset
+    between seeds (`reset`), which lets one traced step serve every seed.
+
+    Args:
+        variables: the variables to train.
+        learning_rate: peak learning rate.
+        beta_1, beta_2, epsilon: Adam's constants (Keras' defaults).
+        decay_steps: if set, the learning rate follows a cosine from
+            `learning_rate` to 0 over this many steps (after `warmup_steps`
+            of linear warm-up).
+        warmup_steps: linear warm-up length.
+        clipnorm: if set, gradients are clipped by their global norm.
+    """
+
+    def __init__(self, variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 decay_steps=None, warmup_steps=0, clipnorm=None):
+        self.variables = list(variables)
+        self.learning_rate = float(learning_rate)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.decay_steps = decay_steps
+        self.warmup_steps = int(warmup_steps)
+        self.clipnorm = clipnorm
+        self.step = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+        self.m = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.variables]
+        self.v = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.variables]
+
+    def reset(self):
+        """Zeroes the step count and the moment estimates (eagerly)."""
+        self.step.assign(0.0)
+        for slot in self.m + self.v:
+            slot.assign(tf.zeros_like(slot))
+
+    def current_learning_rate(self, step):
+        lr = tf.constant(self.learning_rate, tf.float32)
+        if self.warmup_steps:
+            lr = lr * tf.minimum(1.0, step / float(self.warmup_steps))
+        if self.decay_steps:
+            progress = tf.clip_by_value(
+                (step - self.warmup_steps) / float(max(self.decay_steps - self.warmup_steps, 1)), 0.0, 1.0)
+            lr = lr * 0.5 * (1.0 + tf.cos(np.pi * progress))
+        return lr
+
+    def apply(self, gradients):
+        """One update of every variable (call inside the traced step)."""
+        gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                     for g in gradients]
+        if self.clipnorm:
+            gradients, _ = tf.clip_by_global_norm(gradients, self.clipnorm)
+        step = self.step.assign_add(1.0)
+        lr = self.current_learning_rate(step)
+        lr = lr * tf.sqrt(1.0 - tf.pow(self.beta_2, step)) / (1.0 - tf.pow(self.beta_1, step))
+        for variable, grad, m, v in zip(self.variables, gradients, self.m, self.v):
+            if grad is None:
+                continue
+            m.assign(self.beta_1 * m + (1.0 - self.beta_1) * grad)
+            v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(grad))
+            variable.assign_sub(lr * m / (tf.sqrt(v) + self.epsilon))
+
+
+def batch_indices(n, batch_size, steps, seed, stream=0):
+    """Index arrays of `steps` batches: epochs of a seeded permutation of range(n).
+
+    The order depends only on (seed, stream), so every precision of a seed
+    reads the same batches.
+    """
+    rng = np.random.default_rng([seed, 7919, stream])
+    order = np.empty(0, np.int64)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order = np.concatenate([order, rng.permutation(n)])
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def predict_batched(fn, arrays, batch_size):
+    """Concatenated `fn(*batch)` over the batches of same-length `arrays`.
+
+    The last batch is padded to `batch_size` (and its padding dropped) so a
+    traced `fn` sees a single shape.
+    """
+    n = len(arrays[0])
+    outputs = []
+    for start in range(0, n, batch_size):
+        chunk = [a[start:start + batch_size] for a in arrays]
+        size = len(chunk[0])
+        if size < batch_size:
+            chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - size, axis=0)]) for c in chunk]
+        out = fn(*chunk)
+        outputs.append(np.asarray(out)[:size])
+    return np.concatenate(outputs)
+
+
+class Curve:
+    """Averages a training series over windows of `every` steps."""
+
+    def __init__(self, every):
+        self.every = max(int(every), 1)
+        self.points = []
+        self._sum, self._count = 0.0, 0
+
+    def add(self, step, value):
+        self._sum += float(value)
+        self._count += 1
+        if self._count == self.every:
+            self.flush(step)
+
+    def flush(self, step):
+        if self._count:
+            self.points.append((int(step), self._sum / self._count))
+            self._sum, self._count = 0.0, 0
+
+
+class Experiment:
+    """One model family of the paper, trainable in any precision.
+
+    Subclasses set the class attributes and implement `build_models(seed)`
+    (the FP32 models; their weights are what `initial_weights` saves),
+    `make_trainer(precision)` (models, optimizer and traced functions for a
+    precision, built once) and `train_and_evaluate(trainer, seed)`.
+
+    Attributes:
+        name: the `--experiments` name.
+        family, model_name: the table's first two columns.
+        metrics: the `Metric`s reported.
+    """
+    name = ""
+    family = ""
+    model_name = ""
+    metrics = ()
+
+    def __init__(self, config, context=None):
+        self.config = config
+        self.context = context if context is not None else {}
+        self._trainers = {}
+
+    # -- to implement
+    def build_models(self):
+        """Returns the FP32 models (a list), built from Keras' global seed."""
+        raise NotImplementedError
+
+    def make_trainer(self, precision):
+        """Returns an object with `.models` (FP32 models, same order as
+        `build_models`), `.optimizers` (`Adam`s) and whatever
+        `train_and_evaluate` needs."""
+        raise NotImplementedError
+
+    def train_and_evaluate(self, trainer, seed):
+        """Trains the (freshly initialized) trainer; returns a RunResult."""
+        raise NotImplementedError
+
+    def references(self):
+        """Reference values shown under the table (e.g. real-data scores)."""
+        return {}
+
+    def description(self):
+        """One paragraph: data, model, training and metric, for results.md."""
+        return ""
+
+    # -- shared
+    def initial_weights(self, seed):
+        """Builds the models once from `seed`; returns their weights."""
+        keras.utils.set_random_seed(seed)
+        return [model.get_weights() for model in self.build_models()]
+
+    def trainer(self, precision):
+        if precision not in self._trainers:
+            self._trainers[precision] = self.make_trainer(precision)
+        return self._trainers[precision]
+
+    def run(self, precision, seed, weights):
+        """Trains and evaluates one precision from the seed's initial weights."""
+        start, cpu_start = time.time(), time.process_time()
+        trainer = self.trainer(precision)
+        for model, values in zip(trainer.models, weights):
+            model.set_weights(values)
+        for optimizer in trainer.optimizers:
+            optimizer.reset()
+        result = self.train_and_evaluate(trainer, seed)
+        for key, value in result.metrics.items():
+            result.metrics[key] = float(value)
+        result.seconds = time.time() - start
+        result.cpu_seconds = time.process_time() - cpu_start
+        result.seed = seed
+        return result
+
+
+class Trainer:
+    """A plain record of what `make_trainer` builds."""
+
+    def __init__(self, models, optimizers, **kwargs):
+        self.models = list(models)
+        self.optimizers = list(optimizers)
+        self.__dict__.update(kwargs)
+
+
+def scaled_steps(steps, scale):
+    return max(1, int(round(steps * scale)))

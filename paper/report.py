@@ -1,0 +1,240 @@
+"""The paper-shaped results table (Markdown and JSON) and the plots.
+
+One row per (experiment, metric): the mean over seeds under each precision,
+and the mean paired difference of each BF16 precision to FP32 with its 95%
+Student-t interval over seeds (`recsys.stats.paired_difference`: the
+per-seed differences are one sample, so the seed-to-seed variation that both
+runs of a seed share cancels).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+
+import numpy as np
+
+from paper import common
+from recsys import stats
+
+
+@dataclasses.dataclass
+class ExperimentResult:
+    """Every run of one experiment.
+
+    Attributes:
+        experiment: the `common.Experiment` (its name, family, model, metrics,
+            config and description are reported).
+        seeds: the seeds, in run order.
+        runs: precision -> list of `common.RunResult`, in seed order.
+        references: reference values (e.g. bicubic PSNR).
+        seconds: wall time of the experiment.
+    """
+    experiment: common.Experiment
+    seeds: list
+    runs: dict
+    references: dict
+    seconds: float
+
+
+def summary_rows(results, precisions):
+    """The table rows as dicts (also what results.json's "table" holds)."""
+    rows = []
+    for result in results:
+        exp = result.experiment
+        for metric in exp.metrics:
+            values = {p: [run.metrics[metric.key] for run in result.runs[p]] for p in precisions}
+            row = {
+                "experiment": exp.name, "family": exp.family, "model": exp.model_name,
+                "metric": metric.label, "metric_key": metric.key,
+                "higher_is_better": metric.higher_is_better, "digits": metric.digits,
+                "seeds": list(result.seeds), "values": values,
+                "mean": {p: float(np.mean(v)) for p, v in values.items()},
+                "std": {p: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+                        for p, v in values.items()},
+                "difference_to_fp32": {},
+            }
+            for p in precisions:
+                if p != "fp32":
+                    row["difference_to_fp32"][p] = stats.paired_difference(
+                        values[p], values["fp32"]).as_dict()
+            rows.append(row)
+    return rows
+
+
+def _number(value, digits, signed=False):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return text.replace("-", "\u2212")
+
+
+def _difference(interval, digits):
+    mean = _number(interval["mean"], digits, signed=True)
+    if interval["n"] < 2:
+        return f"{mean} (1 seed, no CI)"
+    return (f"{mean} [{_number(interval['low'], digits, True)}, "
+            f"{_number(interval['high'], digits, True)}]")
+
+
+def markdown_table(rows, precisions):
+    labels = [common.PRECISION_LABELS[p] for p in precisions]
+    bf16 = [p for p in precisions if p != "fp32"]
+    header = (["Family", "Model", "Metric"] + labels
+              + [f"{common.PRECISION_LABELS[p].replace('BF16-', '')} \u2212 FP32 [95% CI]" for p in bf16])
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+        arrow = "\u2191" if row["higher_is_better"] else "\u2193"
+        cells = [row["family"], row["model"], f"{row['metric']} {arrow}"]
+        cells += [_number(row["mean"][p], row["digits"]) for p in precisions]
+        cells += [_difference(row["difference_to_fp32"][p], row["digits"]) for p in bf16]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def environment():
+    import keras
+    import tensorflow as tf
+
+    import tfbf16
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "tfbf16": tfbf16.__version__,
+            "python": platform.python_version(), "cpus": os.cpu_count(),
+            "machine": platform.machine()}
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write(results, precisions, output_dir, settings, total_seconds):
+    """Writes results.json, results.md and the plots; returns the Markdown."""
+    os.makedirs(output_dir, exist_ok=True)
+    rows = summary_rows(results, precisions)
+    table = markdown_table(rows, precisions)
+    plots = write_plots(results, rows, precisions, output_dir)
+    md = ["# BF16 vs FP32 at laptop scale (Kalamkar et al. 2019, reproduced with tfbf16)"
+          if not settings.get("full") else "# BF16 vs FP32 (Kalamkar et al. 2019, full scale)", "",
+          f"Seeds: {', '.join(map(str, results[0].seeds)) if results else ''} (paired: each seed's "
+          "runs share initial weights and data order). Cells: mean over seeds; differences: mean "
+          "paired difference with its 95% t interval over seeds (an interval that contains 0 "
+          "means no detectable difference).", "", table, "", "## Experiments", ""]
+    for result in results:
+        exp = result.experiment
+        md.append(f"- **{exp.name}** ({result.seconds / 60:.1f} min): {exp.description()}")
+        for key, value in result.references.items():
+            md.append(f"  - reference: {key} = {value:.4f}")
+    md += ["", f"Total wall time: {total_seconds / 60:.1f} min. Plots: "
+           + ", ".join(f"`{os.path.basename(p)}`" for p in plots) + ".", ""]
+    markdown = "\n".join(md)
+    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown)
+    payload = {
+        "settings": settings, "environment": environment(), "precisions": list(precisions),
+        "total_seconds": total_seconds, "table": rows,
+        "experiments": [{
+            "name": r.experiment.name, "family": r.experiment.family,
+            "model": r.experiment.model_name, "description": r.experiment.description(),
+            "config": r.experiment.config, "seeds": r.seeds, "seconds": r.seconds,
+            "references": r.references,
+            "runs": {p: [{"seed": run.seed, "metrics": run.metrics, "seconds": run.seconds,
+                          "cpu_seconds": run.cpu_seconds,
+                          "curves": run.curves} for run in runs] for p, runs in r.runs.items()},
+        } for r in results],
+        "plots": [os.path.basename(p) for p in plots],
+    }
+    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(_jsonable(payload), f, indent=1, allow_nan=False)
+    return markdown
+
+
+_COLORS = {"fp32": "black", "rne": "tab:blue", "trunc": "tab:red", "stochastic": "tab:green",
+           "native": "tab:purple"}
+
+
+def write_plots(results, rows, precisions, output_dir):
+    """Training curves per experiment, GAN image grids, paired differences."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for result in results:
+        names = list(result.runs[precisions[0]][0].curves)
+        fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            for p in precisions:
+                series = [run.curves[name] for run in result.runs[p] if run.curves.get(name)]
+                for points in series:
+                    steps, values = zip(*points)
+                    ax.plot(steps, values, color=_COLORS[p], alpha=0.25, linewidth=0.8)
+                lengths = {len(s) for s in series}
+                if series and len(lengths) == 1:
+                    steps = [s for s, _ in series[0]]
+                    mean = np.mean([[v for _, v in s] for s in series], axis=0)
+                    ax.plot(steps, mean, color=_COLORS[p], linewidth=1.6,
+                            label=common.PRECISION_LABELS[p])
+            ax.set_title(name)
+            ax.set_xlabel("step")
+            if "loss" in name or "entropy" in name:
+                positive = all(v > 0 for p in precisions for run in result.runs[p]
+                               for _, v in run.curves.get(name, []))
+                if positive:
+                    ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        exp = result.experiment
+        fig.suptitle(f"{exp.model_name}: training (thin: seeds, thick: mean)", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(output_dir, f"curves_{exp.name}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+        if hasattr(exp, "grids"):
+            for file_name, title, grid in exp.grids(result.runs):
+                fig, ax = plt.subplots(figsize=(max(3.0, grid.shape[1] / 12), max(3.0, grid.shape[0] / 12) + 0.4))
+                ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray",
+                          interpolation="nearest", vmin=0.0, vmax=1.0)
+                ax.set_title(title, fontsize=8)
+                ax.axis("off")
+                fig.tight_layout()
+                path = os.path.join(output_dir, file_name)
+                fig.savefig(path, dpi=110)
+                plt.close(fig)
+                paths.append(path)
+    bf16 = [p for p in precisions if p != "fp32"]
+    if rows and bf16:
+        columns = min(3, len(rows))
+        lines = math.ceil(len(rows) / columns)
+        fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 2.4 * lines), squeeze=False)
+        for ax in axes.flat[len(rows):]:
+            ax.axis("off")
+        for ax, row in zip(axes.flat, rows):
+            for i, p in enumerate(bf16):
+                d = row["difference_to_fp32"][p]
+                error = None if d["n"] < 2 else [[d["mean"] - d["low"]], [d["high"] - d["mean"]]]
+                ax.errorbar([d["mean"]], [i], xerr=error, fmt="o", color=_COLORS[p], capsize=4)
+                for value, base in zip(row["values"][p], row["values"]["fp32"]):
+                    ax.plot([value - base], [i], "x", color=_COLORS[p], alpha=0.5)
+            ax.axvline(0.0, color="gray", linewidth=0.8)
+            ax.set_yticks(range(len(bf16)))
+            ax.set_yticklabels([common.PRECISION_LABELS[p] + " \u2212 FP32" for p in bf16], fontsize=8)
+            ax.set_ylim(-0.7, len(bf16) - 0.3)
+            ax.set_title(f"{row['experiment']}: {row['metric']}", fontsize=8)
+        fig.suptitle("Paired differences to FP32 (o: mean with 95% CI, x: seeds)", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(output_dir, "paired_differences.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
