@@ -1,0 +1,547 @@
+"""Training and evaluation of DCN runs at a precision, resumable.
+
+A run is `(data, model, schedule, precision, seed)`. A `Trainer` holds the
+model (the plain FP32 model, or the same model wrapped by
+`tfbf16.wrap(model, rounding=precision)`), its Adam optimizer and compiled
+steps; `Trainer.run` resets it to the run's initial weights, trains it on
+`bundle.train`, evaluates it periodically for a learning curve and at the end
+on the whole eval set, and writes into the run's `model_dir`:
+
+- `checkpoints/`: `tf.train.CheckpointManager` over model, optimizer and step;
+- `train/`, `eval/`: TensorBoard event files (training loss, eval metrics);
+- `run_config.json`: what identifies the run (a restart with different
+  settings in the same directory is refused, not silently mixed);
+- `history.json`: the learning curve so far; `result.json`: the final result.
+
+Resuming. A run killed and restarted with the same settings restores the
+latest checkpoint and skips the training batches it already consumed (the
+training stream is deterministic for a given data seed), so it ends with the
+same weights and metrics as an uninterrupted run. (Stochastic rounding's
+random stream is not checkpointed, so a resumed `precision="stochastic"` run
+is statistically, not bitwise, equivalent.)
+
+Example:
+
+    bundle = DataConfig().make_bundle(seed=0)
+    result = run(bundle, ModelConfig(), TrainConfig(train_steps=100),
+                 precision="rne", seed=0, model_dir="/tmp/dcn_rne")
+    result["final"]["log_loss"]
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import recsys  # noqa: F401  (selects tf_keras as tf.keras before TF loads)
+
+from absl import logging
+import tensorflow as tf
+
+from tensorflow.core.framework import summary_pb2
+
+from recsys import metrics
+from recsys import model as model_lib
+
+PRECISIONS = ("fp32", "rne", "trunc", "stochastic", "native")
+EMULATED = ("rne", "trunc", "stochastic")
+BASELINE = "fp32"
+
+_RUN_CONFIG = "run_config.json"
+_HISTORY = "history.json"
+_RESULT = "result.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data to train and evaluate on (see `recsys.data.make_datasets`).
+
+    Attributes:
+        source: "synthetic", "criteo" or "tfrecord".
+        data_path: file, directory or glob for file sources.
+        batch_size: training (and eval) batch size.
+        eval_rows: rows in the evaluation set.
+        num_buckets: hash buckets per categorical feature (criteo), or None
+            for the data layer's default.
+        vocab_scale: cardinality scale of the synthetic stream.
+    """
+    source: str = "synthetic"
+    data_path: str = None
+    batch_size: int = 2048
+    eval_rows: int = 1 << 18
+    num_buckets: int = None
+    vocab_scale: float = 0.1
+
+    def make_bundle(self, seed=0):
+        """Builds the `DataBundle` of data seed `seed`.
+
+        The seed picks the synthetic stream (its ground truth and rows); file
+        sources are read in file order whatever the seed.
+        """
+        from recsys.data import make_datasets  # the data layer
+        kwargs = {}
+        if self.source == "synthetic":
+            kwargs["vocab_scale"] = self.vocab_scale
+        if self.source == "criteo" and self.num_buckets is not None:
+            kwargs["num_buckets"] = self.num_buckets
+        return make_datasets(self.source, data_path=self.data_path,
+                             batch_size=self.batch_size, seed=seed,
+                             eval_rows=self.eval_rows, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """DCN-V2 architecture; see `recsys.model.build_dcn` for the meaning."""
+    embedding_dim: int = 8
+    num_cross_layers: int = 2
+    projection_dim: int = None
+    deep_layers: tuple = (128, 64)
+    structure: str = "stacked"
+
+    def build(self, vocab_sizes, seed=None):
+        """The FP32 model, initialized from `seed`."""
+        return model_lib.build_dcn(
+            vocab_sizes, embedding_dim=self.embedding_dim,
+            num_cross_layers=self.num_cross_layers,
+            projection_dim=self.projection_dim,
+            deep_layers=self.deep_layers, structure=self.structure, seed=seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimization, evaluation and checkpointing schedule.
+
+    Attributes:
+        train_steps: number of training batches.
+        learning_rate: Adam learning rate (the peak, with a schedule).
+        lr_schedule: "constant", or "cosine": cosine decay from
+            `learning_rate` to 0 at `train_steps`.
+        eval_every: periodic evaluation interval in steps (0: none), for the
+            learning curve; step 0 is evaluated too.
+        eval_steps: eval batches per periodic evaluation (None: all). The
+            final evaluation always uses the whole eval set.
+        checkpoint_every: checkpoint interval in steps (and at the end).
+        log_every: progress bar / TensorBoard training-loss interval.
+        jit_compile: compile the train and eval steps with XLA.
+    """
+    train_steps: int = 300
+    learning_rate: float = 4e-3
+    lr_schedule: str = "cosine"
+    eval_every: int = 60
+    eval_steps: int = 8
+    checkpoint_every: int = 100
+    log_every: int = 20
+    jit_compile: bool = False
+
+
+def with_cached_eval(bundle):
+    """`bundle` with its eval set cached in memory after one full pass.
+
+    Periodic evaluations then read the same rows without regenerating or
+    re-reading them (a synthetic eval set of 2**18 rows takes ~70 MB).
+    """
+    cached = bundle.eval.cache()
+    for _ in cached:  # fill the cache completely before partial reads
+        pass
+    return dataclasses.replace(bundle, eval=cached)
+
+
+def with_cached_train(bundle, steps):
+    """`bundle` whose training stream is its first `steps` batches, in memory.
+
+    A study trains every (precision, seed) on the same batches; making them
+    once instead of once per run leaves the CPU to training (on 2 cores the
+    synthetic generator running beside training takes about half of it, see
+    `benchmarks/recsys_throughput.py`). A run longer than `steps` would see
+    these batches again, so pass the run length.
+
+    Args:
+        bundle: a `DataBundle`.
+        steps: number of training batches to keep.
+
+    Returns:
+        The bundle with `train` replaced by the cached batches.
+    """
+    cached = bundle.train.take(steps).cache()
+    for _ in cached:  # fill the cache once, up front
+        pass
+    return dataclasses.replace(bundle, train=cached)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_of(train_config):
+    """The Adam learning rate (a float or a schedule) of a `TrainConfig`."""
+    tc = train_config
+    if tc.lr_schedule == "constant":
+        return tc.learning_rate
+    if tc.lr_schedule == "cosine":
+        return tf.keras.optimizers.schedules.CosineDecay(
+            tc.learning_rate, decay_steps=tc.train_steps, alpha=0.0)
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got "
+                     f"{tc.lr_schedule!r}.")
+
+
+def check_precision(precision):
+    """Returns `precision` if valid, else raises ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got "
+                         f"{precision!r}.")
+    return precision
+
+
+def apply_precision(model, precision):
+    """The model to train at `precision`.
+
+    Args:
+        model: an FP32 Keras model.
+        precision: one of `PRECISIONS`.
+
+    Returns:
+        `model` itself for "fp32", else `tfbf16.wrap(model, rounding=precision)`
+        (FP32 master weights, BF16-rounded GEMM inputs, weights and gradients).
+    """
+    if check_precision(precision) == BASELINE:
+        return model
+    import tfbf16  # imported only when needed
+    return tfbf16.wrap(model, rounding=precision)
+
+
+# TensorBoard's scalar-plugin metadata. Scalars are written with the core
+# `tf.summary.write` op, so event files need no `tensorboard` package (which
+# `tf.summary.scalar` imports) to be written; TensorBoard reads them as usual.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+def write_scalars(writer, step, values):
+    """Writes `{tag: float}` as TensorBoard scalars at `step` and flushes."""
+    with writer.as_default(step=step):
+        for tag, value in values.items():
+            tf.summary.write(tag, tf.constant(value, tf.float32),
+                             metadata=_SCALAR_METADATA)
+    writer.flush()
+
+
+def make_train_step(model, optimizer, jit_compile=False, step_counter=None):
+    """A compiled training step for a logit model.
+
+    Args:
+        model: a Keras model mapping features to logits.
+        optimizer: a Keras optimizer (built or not).
+        jit_compile: compile the step with XLA.
+        step_counter: optional int64 `tf.Variable` incremented by each step.
+
+    Returns:
+        A `tf.function` `(features, labels) -> loss` that applies one update
+        of the mean binary cross-entropy computed from FP32 logits.
+    """
+    loss_fn = tf.keras.losses.BinaryCrossentropy(from_logits=True)
+    variables = model.trainable_variables
+
+    def train_step(features, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(features, training=True), tf.float32)
+            loss = loss_fn(labels, logits)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        if step_counter is not None:
+            step_counter.assign_add(1)
+        return loss
+
+    return tf.function(train_step, jit_compile=jit_compile)
+
+
+def _write_json(path, value):
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _read_json(path):
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def run_identity(bundle, model_config, train_config, precision, seed,
+                 data_seed):
+    """The settings that determine a run's result (a JSON-compatible dict).
+
+    Settings that do not change the trained weights (checkpoint, log and
+    eval intervals; the number of steps under a constant learning rate) are
+    left out, so such a run may be extended or re-evaluated in place.
+    """
+    schedule = {"lr_schedule": train_config.lr_schedule}
+    if train_config.lr_schedule != "constant":
+        schedule["train_steps"] = int(train_config.train_steps)
+    return {
+        "schedule": schedule,
+        "data": str(bundle.description),
+        "data_seed": int(data_seed),
+        "model": json.loads(json.dumps(dataclasses.asdict(model_config))),
+        "learning_rate": float(train_config.learning_rate),
+        "jit_compile": bool(train_config.jit_compile),
+        "precision": precision,
+        "seed": int(seed),
+    }
+
+
+def _check_run_dir(model_dir, identity):
+    tf.io.gfile.makedirs(model_dir)
+    path = os.path.join(model_dir, _RUN_CONFIG)
+    existing = _read_json(path)
+    if existing is None:
+        _write_json(path, identity)
+    elif existing != identity:
+        changed = sorted(k for k in set(existing) | set(identity)
+                         if existing.get(k) != identity.get(k))
+        raise ValueError(
+            f"{model_dir} holds a run with other settings: "
+            f"{json.dumps({k: existing.get(k) for k in changed})}, now "
+            f"{json.dumps({k: identity.get(k) for k in changed})}. Use another "
+            "directory, or delete it to start over.")
+
+
+def run(bundle, model_config, train_config, *, precision, seed, model_dir,
+        data_seed=0, initial_weights=None, callbacks=(), verbose=1):
+    """Trains and evaluates one run; resumes from `model_dir` if possible.
+
+    A shortcut for `Trainer(model_config, bundle.vocab_sizes, train_config,
+    precision).run(bundle, ...)`; see `Trainer.run` for the arguments and
+    the result.
+    """
+    return Trainer(model_config, bundle.vocab_sizes, train_config, precision).run(
+        bundle, precision=precision, seed=seed, model_dir=model_dir,
+        data_seed=data_seed, initial_weights=initial_weights,
+        callbacks=callbacks, verbose=verbose)
+
+
+class Trainer:
+    """A model at a precision, its optimizer and compiled steps, for many runs.
+
+    Building, wrapping and tracing the DCN takes seconds (the wrapped one
+    ~10 s on 2 cores), so a `Trainer` is built once and reused: each `run`
+    resets the weights to the run's initial FP32 weights, zeroes the
+    optimizer state and the step, and for the emulated roundings (rne, trunc,
+    stochastic) switches the rounding with `tfbf16.set_rounding`, which the
+    traced step reads at run time. A run on a reused `Trainer` gives the
+    same result as on a new one.
+
+    Args:
+        model_config: a `ModelConfig`.
+        vocab_sizes: the 26 categorical id space sizes.
+        train_config: a `TrainConfig`.
+        precision: the first precision to run; the `Trainer` can then run
+            every precision of the same kind: "fp32" (the plain model), the
+            emulated roundings (one wrapped model), or "native".
+
+    Example:
+
+    >>> emulated = Trainer(ModelConfig(), bundle.vocab_sizes, TrainConfig(), "rne")
+    >>> rne = emulated.run(bundle, precision="rne", seed=0, model_dir="/tmp/r")
+    >>> trunc = emulated.run(bundle, precision="trunc", seed=0, model_dir="/tmp/t")
+    """
+
+    def __init__(self, model_config, vocab_sizes, train_config, precision):
+        check_precision(precision)
+        self.model_config = model_config
+        self.train_config = train_config
+        self.vocab_sizes = list(vocab_sizes)
+        self.kind = self.kind_of(precision)
+        self.fp32_model = model_config.build(self.vocab_sizes)
+        self.model = apply_precision(self.fp32_model, precision)
+        self.optimizer = tf.keras.optimizers.Adam(
+            learning_rate=learning_rate_of(train_config))
+        self.optimizer.build(self.model.trainable_variables)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.train_step = make_train_step(self.model, self.optimizer,
+                                          jit_compile=train_config.jit_compile,
+                                          step_counter=self.step)
+        self.logit_fn = metrics.make_logit_fn(
+            self.model, jit_compile=train_config.jit_compile)
+
+    @staticmethod
+    def kind_of(precision):
+        """"fp32", "emulated" or "native": what one `Trainer` can run."""
+        if check_precision(precision) in EMULATED:
+            return "emulated"
+        return precision
+
+    def reset(self, initial_weights, precision):
+        """Sets the initial FP32 weights, zero optimizer state and step 0."""
+        if self.kind_of(precision) != self.kind:
+            raise ValueError(f"This Trainer runs {self.kind} precisions, not "
+                             f"{precision!r}; build another Trainer.")
+        if self.kind == "emulated":
+            import tfbf16
+            tfbf16.set_rounding(self.model, precision)
+        self.fp32_model.set_weights(initial_weights)
+        for variable in self.optimizer.variables:
+            variable.assign(tf.zeros_like(variable))
+        self.step.assign(0)
+
+    def run(self, bundle, *, precision, seed, model_dir, data_seed=0,
+            initial_weights=None, callbacks=(), verbose=1):
+        """Trains and evaluates one run; resumes from `model_dir` if possible.
+
+        Args:
+            bundle: the `DataBundle` (its `train` must be the deterministic
+                stream of data seed `data_seed`).
+            precision: one of `PRECISIONS`, of this Trainer's kind.
+            seed: model initialization seed; also seeds TensorFlow, NumPy
+                and Python (`tf.keras.utils.set_random_seed`).
+            model_dir: directory for checkpoints, TensorBoard logs, results.
+            data_seed: the data seed `bundle` was built with (recorded).
+            initial_weights: the FP32 initial weights (`get_weights()` of a
+                model of this config); None builds them from `seed`.
+            callbacks: `tf.keras.callbacks.Callback`s; `on_train_batch_begin`/
+                `on_train_batch_end(step, logs)` are called around every step
+                with the 1-based global step (and `logs={"loss": <scalar
+                tensor>}` at the end). An exception raised there stops the
+                run; the latest checkpoint stays, so it can be resumed.
+            verbose: 1 for a Keras progress bar, 0 for none.
+
+        Returns:
+            A dict with "precision", "seed", "steps", "final" (the
+            `metrics.click_metrics` of the whole eval set), "history" (the
+            periodic evaluations: `{"step", "log_loss", "auc",
+            "calibration", ...}`), "train_seconds" and "examples_per_second"
+            (of the steps run by this call), and "resumed_from" (the step
+            training started at). A finished run in `model_dir` is loaded
+            from its `result.json` instead of being trained again ("loaded"
+            is then True).
+
+        Raises:
+            ValueError: on invalid settings or a `model_dir` of another run.
+        """
+        check_precision(precision)
+        tc = self.train_config
+        _check_run_dir(model_dir, run_identity(
+            bundle, self.model_config, tc, precision, seed, data_seed))
+        done = _read_json(os.path.join(model_dir, _RESULT))
+        if done is not None and done["steps"] == tc.train_steps:
+            logging.info("%s seed %d: already complete in %s.", precision, seed,
+                         model_dir)
+            return dict(done, loaded=True)
+        if initial_weights is None:
+            initial_weights = self.model_config.build(
+                self.vocab_sizes, seed=seed).get_weights()
+        self.reset(initial_weights, precision)
+        tf.keras.utils.set_random_seed(int(seed))
+        return _Run(self, bundle, precision, seed, model_dir, callbacks,
+                    verbose).execute()
+
+
+class _Run:
+    """The loop of one `Trainer.run` call."""
+
+    def __init__(self, trainer, bundle, precision, seed, model_dir, callbacks,
+                 verbose):
+        self.trainer, self.bundle, self.tc = trainer, bundle, trainer.train_config
+        self.precision, self.seed, self.model_dir = precision, seed, model_dir
+        self.verbose = verbose
+        self.callbacks = tf.keras.callbacks.CallbackList(
+            list(callbacks), model=trainer.model)
+        checkpoint = tf.train.Checkpoint(model=trainer.model,
+                                         optimizer=trainer.optimizer,
+                                         step=trainer.step)
+        self.manager = tf.train.CheckpointManager(
+            checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
+
+    def _path(self, name):
+        return os.path.join(self.model_dir, name)
+
+    def _evaluate(self, steps):
+        return metrics.evaluate(None, self.bundle.eval, steps=steps,
+                                logit_fn=self.trainer.logit_fn)
+
+    def _log_eval(self, writer, step, result, prefix=""):
+        write_scalars(writer, step, {prefix + name: result[name] for name in
+                                     ("log_loss", "auc", "calibration")})
+
+    def _save(self, history):
+        self.manager.save(checkpoint_number=self.trainer.step)
+        _write_json(self._path(_HISTORY), history)
+
+    def execute(self):
+        tc, trainer = self.tc, self.trainer
+        restored = self.manager.restore_or_initialize()
+        start = int(trainer.step.numpy())
+        history = [h for h in (_read_json(self._path(_HISTORY)) or [])
+                   if h["step"] <= start]
+        if restored:
+            logging.info("%s seed %d: resumed from %s at step %d",
+                         self.precision, self.seed, restored, start)
+        if start > tc.train_steps:
+            raise ValueError(
+                f"{self.model_dir} already holds a run of {start} steps, more "
+                f"than train_steps={tc.train_steps}.")
+
+        train_writer = tf.summary.create_file_writer(self._path("train"))
+        eval_writer = tf.summary.create_file_writer(self._path("eval"))
+        if tc.eval_every and start == 0 and not history:
+            history.append({"step": 0, **self._evaluate(tc.eval_steps)})
+            self._log_eval(eval_writer, 0, history[-1])
+
+        progbar = (tf.keras.utils.Progbar(tc.train_steps, stateful_metrics=["loss"],
+                                          unit_name="step")
+                   if self.verbose else None)
+        if progbar is not None and start:
+            progbar.update(start)
+        # The stream is deterministic: skip the batches already trained on.
+        # File sources are one epoch long: repeat them for more steps.
+        batches = (self.bundle.train.repeat().skip(start)
+                   .take(tc.train_steps - start))
+        self.callbacks.on_train_begin()
+        window, step, batch_size = [], start, None
+        began = time.perf_counter()
+        for features, labels in batches:
+            self.callbacks.on_train_batch_begin(step + 1)
+            loss = trainer.train_step(features, labels)
+            step += 1
+            batch_size = int(labels.shape[0])
+            window.append(loss)
+            self.callbacks.on_train_batch_end(step, {"loss": loss})
+            if step % tc.log_every == 0 or step == tc.train_steps:
+                mean_loss = float(tf.reduce_mean(window))
+                window = []
+                write_scalars(train_writer, step, {"loss": mean_loss})
+                if progbar is not None:
+                    progbar.update(step, [("loss", mean_loss)])
+            if tc.eval_every and step % tc.eval_every == 0:
+                history.append({"step": step, **self._evaluate(tc.eval_steps)})
+                self._log_eval(eval_writer, step, history[-1])
+            if step % tc.checkpoint_every == 0:
+                self._save(history)
+        seconds = time.perf_counter() - began
+        if step != tc.train_steps:
+            raise ValueError(
+                f"The training data ran out after {step} of {tc.train_steps} "
+                "steps.")
+        self.callbacks.on_train_end()
+        self._save(history)
+
+        final = self._evaluate(None)
+        self._log_eval(eval_writer, step, final, prefix="final_")
+        trained = step - start
+        result = {
+            "precision": self.precision,
+            "seed": int(self.seed),
+            "steps": step,
+            "final": final,
+            "history": history,
+            "resumed_from": start,
+            "train_seconds": seconds,
+            "examples_per_second": (trained * batch_size / seconds
+                                    if trained else None),
+            "loaded": False,
+        }
+        _write_json(self._path(_RESULT), result)
+        logging.info("%s seed %d: eval log loss %.6f, AUC %.5f, calibration "
+                     "%.4f after %d steps", self.precision, self.seed,
+                     final["log_loss"], final["auc"], final["calibration"], step)
+        return result

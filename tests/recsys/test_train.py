@@ -1,0 +1,162 @@
+"""Training runs: the train CLI, flag validation, checkpoints and resuming."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recsys import flags_lib
+from recsys import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TINY_FLAGS = ["--batch_size=64", "--eval_rows=512", "--vocab_scale=0.01",
+              "--embedding_dim=4", "--deep_layers=8", "--num_cross_layers=1"]
+TINY_DATA = trainer.DataConfig(batch_size=64, eval_rows=512, vocab_scale=0.01)
+TINY_MODEL = trainer.ModelConfig(embedding_dim=4, num_cross_layers=1,
+                                 deep_layers=(8,))
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return trainer.with_cached_eval(TINY_DATA.make_bundle(seed=0))
+
+
+def _parse(args):
+    values = flags.FlagValues()
+    flags_lib.define_common_flags(values)
+    values(["prog"] + args)
+    return values
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch_size=0"], "batch_size"),
+    (["--deep_layers=128,x"], "comma-separated list of positive integers"),
+    (["--deep_layers=128,0"], "comma-separated list of positive integers"),
+    (["--data=criteo"], "--data_path is required"),
+    (["--num_cross_layers=0", "--deep_layers="], "needs --num_cross_layers > 0"),
+    (["--learning_rate=0"], "--learning_rate must be > 0"),
+    (["--vocab_scale=0"], "--vocab_scale must be > 0"),
+    (["--structure=diagonal"], "stacked|parallel"),
+    (["--lr_schedule=linear"], "constant|cosine"),
+    (["--projection_dim=0"], "projection_dim"),
+])
+def test_flag_validation(args, message):
+    with pytest.raises(flags.IllegalFlagValueError, match=message):
+        _parse(args)
+
+
+def test_flags_make_configs():
+    values = _parse(["--deep_layers=32,16", "--projection_dim=8",
+                     "--structure=parallel", "--train_steps=7"])
+    model = flags_lib.model_config(values)
+    assert model.deep_layers == (32, 16) and model.projection_dim == 8
+    assert model.structure == "parallel"
+    assert flags_lib.train_config(values).train_steps == 7
+    assert flags_lib.data_config(values).source == "synthetic"
+
+
+def _events(directory):
+    """{tag: [(step, value)]} of the scalar event files in `directory`."""
+    found = {}
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalar = float(tf.make_ndarray(value.tensor))
+                found.setdefault(value.tag, []).append((event.step, scalar))
+    return found
+
+
+def test_train_cli_writes_checkpoints_events_and_result(tmp_path):
+    model_dir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "recsys.train", f"--model_dir={model_dir}",
+               "--train_steps=6", "--eval_every=3", "--eval_steps=2",
+               "--checkpoint_every=3", "--log_every=2"] + TINY_FLAGS
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fp32 seed 0, 6 steps: eval log loss" in done.stdout
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")
+                                      ).endswith("ckpt-6")
+    train_events = _events(os.path.join(model_dir, "train"))
+    assert [s for s, _ in train_events["loss"]] == [2, 4, 6]
+    eval_events = _events(os.path.join(model_dir, "eval"))
+    assert [s for s, _ in eval_events["log_loss"]] == [0, 3, 6]
+    assert [s for s, _ in eval_events["final_log_loss"]] == [6]
+    with open(os.path.join(model_dir, "result.json")) as f:
+        result = json.load(f)
+    assert result["final"]["count"] == 512
+    assert result["final"]["log_loss"] == pytest.approx(
+        eval_events["final_log_loss"][0][1], rel=1e-6)
+
+
+
+class _Interrupt(tf.keras.callbacks.Callback):
+    """Raises after a given step, like a killed process."""
+
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step = at_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.at_step:
+            raise KeyboardInterrupt(f"interrupted at step {batch}")
+
+
+def _final_weights(model_dir, bundle):
+    model = TINY_MODEL.build(bundle.vocab_sizes)
+    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(
+        os.path.join(model_dir, "checkpoints"))).expect_partial()
+    return model.get_weights()
+
+
+def test_resumed_run_equals_uninterrupted_run(bundle, tmp_path):
+    config = trainer.TrainConfig(train_steps=12, eval_every=4, eval_steps=2,
+                                 checkpoint_every=4, log_every=4)
+    kwargs = dict(precision="fp32", seed=1, verbose=0)
+    straight_dir, resumed_dir = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    straight = trainer.run(bundle, TINY_MODEL, config, model_dir=straight_dir,
+                           **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(bundle, TINY_MODEL, config, model_dir=resumed_dir,
+                    callbacks=[_Interrupt(at_step=7)], **kwargs)
+    # The interrupted run got past step 7 but only step 4 was saved.
+    assert tf.train.latest_checkpoint(
+        os.path.join(resumed_dir, "checkpoints")).endswith("ckpt-4")
+    resumed = trainer.run(bundle, TINY_MODEL, config, model_dir=resumed_dir,
+                          **kwargs)
+
+    assert resumed["resumed_from"] == 4 and straight["resumed_from"] == 0
+    assert resumed["final"]["log_loss"] == straight["final"]["log_loss"]
+    assert resumed["history"] == straight["history"]
+    assert [h["step"] for h in resumed["history"]] == [0, 4, 8, 12]
+    # Same final weights, bit for bit: batches 5..7 were trained on again
+    # and batches 1..4 were skipped, not trained on twice.
+    for x, y in zip(_final_weights(straight_dir, bundle),
+                    _final_weights(resumed_dir, bundle)):
+        np.testing.assert_array_equal(x, y)
+    # A finished run is loaded, not trained again.
+    loaded = trainer.run(bundle, TINY_MODEL, config, model_dir=resumed_dir,
+                         **kwargs)
+    assert loaded["loaded"] and not resumed["loaded"]
+    assert loaded["final"] == resumed["final"]
+
+
+def test_run_dir_of_other_settings_is_refused(bundle, tmp_path):
+    config = trainer.TrainConfig(train_steps=2, eval_every=0)
+    model_dir = str(tmp_path / "run")
+    trainer.run(bundle, TINY_MODEL, config, precision="fp32", seed=0,
+                model_dir=model_dir, verbose=0)
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        trainer.run(bundle, TINY_MODEL, config, precision="fp32", seed=1,
+                    model_dir=model_dir, verbose=0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        trainer.run(bundle, TINY_MODEL, config, precision="fp16", seed=0,
+                    model_dir=model_dir, verbose=0)
