@@ -58,6 +58,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from paper import common  # noqa: E402
+from paper import data  # noqa: E402
 from paper import suite  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -89,11 +90,15 @@ def main(argv):
         raise app.UsageError("--full and --tiny exclude each other.")
     if len(FLAGS.wmt_langs) != 2:
         raise app.UsageError("--wmt_langs needs two languages, e.g. en,de.")
-    _, markdown = suite.run_suite(
-        experiments=FLAGS.experiments, seeds=FLAGS.seeds, precisions=FLAGS.precisions,
-        output_dir=FLAGS.output_dir, step_scale=FLAGS.steps, full=FLAGS.full, tiny=FLAGS.tiny,
-        norm=FLAGS.norm, imagenet_dir=FLAGS.imagenet_dir, librispeech_dir=FLAGS.librispeech_dir,
-        wmt_dir=FLAGS.wmt_dir, wmt_langs=FLAGS.wmt_langs)
+    try:
+        _, markdown = suite.run_suite(
+            experiments=FLAGS.experiments, seeds=FLAGS.seeds, precisions=FLAGS.precisions,
+            output_dir=FLAGS.output_dir, step_scale=FLAGS.steps, full=FLAGS.full,
+            tiny=FLAGS.tiny, norm=FLAGS.norm, imagenet_dir=FLAGS.imagenet_dir,
+            librispeech_dir=FLAGS.librispeech_dir, wmt_dir=FLAGS.wmt_dir,
+            wmt_langs=FLAGS.wmt_langs)
+    except data.DataNotFoundError as error:
+        raise app.UsageError(f"{error} (see python -m paper --help)") from error
     print()
     print(markdown)
     print(f"Written to {FLAGS.output_dir}/ (results.md, results.json, plots).")
