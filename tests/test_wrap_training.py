@@ -148,6 +148,7 @@ def test_jit_compiled_fit_matches_non_jit_fit(flavour):
     np.testing.assert_allclose(loss1, loss0, rtol=1e-3)
     for a, b in zip(w1, w0):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(y1, y0, rtol=1e-3, atol=1e-4)
     # The jit-trained model still emulates: FP32 would give different outputs.
     unwrapped = tfbf16.unwrap(tfbf16.wrap(mlp(K, seed=3)))
     assert not np.allclose(y1, unwrapped(x).numpy(), rtol=0, atol=0)
