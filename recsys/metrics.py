@@ -129,8 +129,9 @@ def evaluate(model, dataset, steps=None, logit_fn=None):
 
     Example:
 
-    >>> evaluate(model, bundle.eval)["log_loss"]
-    0.4731...
+    >>> result = evaluate(model, bundle.eval)
+    >>> result["count"] == sum(int(label.shape[0]) for _, label in bundle.eval)
+    True
     """
     if logit_fn is None:
         logit_fn = make_logit_fn(model)
