@@ -20,7 +20,6 @@ from absl import flags
 from absl import logging
 
 from recsys import data as data_lib
-from recsys.data import tfrecord
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("data", "synthetic", ["synthetic", "criteo"], "Source to convert.")
@@ -64,32 +63,6 @@ flags.register_validator(
                                                       for s in v)),
     message="--num_buckets must be one int or 26 comma-separated ints, each >= 2.")
 
-_WRITE_BATCH = 4096
-
-
-def prepare(data, output_dir, *, rows_per_shard, **source_options):
-    """Writes the train and eval rows of a source as a prepared directory.
-
-    Args:
-        data: "synthetic" or "criteo".
-        output_dir: directory to write (see `tfrecord.write_prepared`).
-        rows_per_shard: rows per TFRecord shard.
-        **source_options: passed to `recsys.data.make_datasets` (data_path,
-            seed, train_rows, eval_rows, num_buckets, vocab_scale, strict).
-
-    Returns:
-        The metadata dict written to `metadata.json`.
-
-    Example:
-
-    >>> prepare("synthetic", "/tmp/synth", rows_per_shard=100_000,
-    ...         train_rows=300_000, eval_rows=10_000)["rows"]
-    {'train': 300000, 'eval': 10000}
-    """
-    bundle = data_lib.make_datasets(data, batch_size=_WRITE_BATCH,
-                                    drop_remainder=False, **source_options)
-    return tfrecord.write_prepared(bundle, output_dir, rows_per_shard)
-
 
 def main(argv):
     if len(argv) > 1:
@@ -101,8 +74,8 @@ def main(argv):
         buckets = [int(v) for v in FLAGS.num_buckets] if FLAGS.num_buckets else None
         options.update(data_path=FLAGS.data_path, strict=FLAGS.strict,
                        num_buckets=buckets[0] if buckets and len(buckets) == 1 else buckets)
-    metadata = prepare(FLAGS.data, FLAGS.output_dir,
-                       rows_per_shard=FLAGS.rows_per_shard, **options)
+    metadata = data_lib.prepare_tfrecords(FLAGS.data, FLAGS.output_dir,
+                                          rows_per_shard=FLAGS.rows_per_shard, **options)
     logging.info("Wrote %s: %s train / %s eval rows", os.path.abspath(FLAGS.output_dir),
                  metadata["rows"]["train"], metadata["rows"]["eval"])
 

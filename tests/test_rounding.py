@@ -193,9 +193,11 @@ def test_float64_is_rounded_once_not_twice():
     out = tfbf16.round_bf16(x).numpy()
     assert out.dtype == np.float64
     assert out.tolist() == [1 + 2**-7, -(1 + 2**-7), 1.0]
-    # Both naive paths get the first one wrong: that is what this test is for.
+    # The naive path through float32 gets the first one wrong: that is what
+    # this test is for. (ml_dtypes < 0.6 also double-rounded float64 input;
+    # 0.6 rounds it once, so it is not asserted here.)
     assert float(np.float32(x[0]).astype(ml_dtypes.bfloat16)) == 1.0
-    assert float(x[0].astype(ml_dtypes.bfloat16)) == 1.0
+    assert float(tf.cast(x[0], tf.bfloat16)) == 1.0
 
 
 def _float64_near_bf16_ties():

@@ -23,6 +23,9 @@ from recsys.data import synthetic
 from recsys.data import tfrecord
 
 SOURCES = ("synthetic", "criteo", "tfrecord")
+# Batch size of the reads that feed `prepare_tfrecords` (any size gives the
+# same files).
+_PREPARE_BATCH = 4096
 DEFAULT_EVAL_ROWS = 65536
 _REFERENCE_ROWS = 65536
 
@@ -159,3 +162,33 @@ def _synthetic(seed, vocab_scale, train_rows, eval_rows):
         f"{reference['log_loss']:.4f} (base-rate entropy {reference['entropy']:.4f})")
     return (stream.blocks("train", train_rows), stream.blocks("eval", eval_rows),
             stream.vocab_sizes, description)
+
+
+def prepare_tfrecords(data, output_dir, *, rows_per_shard, **source_options):
+    """Writes the train and eval rows of a source as a prepared directory.
+
+    What `python -m recsys.prepare` runs; `make_datasets("tfrecord",
+    data_path=output_dir, ...)` then reads back the source's exact rows.
+
+    Args:
+        data: "synthetic" or "criteo".
+        output_dir: directory to write (see `tfrecord.write_prepared`).
+        rows_per_shard: rows per TFRecord shard.
+        **source_options: passed to `make_datasets` (data_path, seed,
+            train_rows, eval_rows, num_buckets, vocab_scale, strict).
+
+    Returns:
+        The metadata dict written to `metadata.json`.
+
+    Example:
+
+    >>> prepare_tfrecords("synthetic", "/tmp/synth", rows_per_shard=100_000,
+    ...                   train_rows=300_000, eval_rows=10_000)["rows"]
+    {'train': 300000, 'eval': 10000}
+    """
+    if data == "tfrecord":
+        raise ValueError("The source is already a prepared TFRecord directory; "
+                         "prepare reads 'synthetic' or 'criteo'.")
+    bundle = make_datasets(data, batch_size=_PREPARE_BATCH, drop_remainder=False,
+                           **source_options)
+    return tfrecord.write_prepared(bundle, output_dir, rows_per_shard)
