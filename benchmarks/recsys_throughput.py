@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from benchmarks import recsys_input
 from recsys import flags_lib
+from recsys import precision as precision_lib
 from recsys import trainer
 from recsys.data import make_datasets
 from recsys.data import tfrecord
@@ -50,8 +51,8 @@ flags.DEFINE_bool("file_sources", False,
                   "generated file of --rows lines.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.register_validator(
-    "precisions", lambda ps: all(p in trainer.PRECISIONS for p in ps),
-    f"--precisions must be among {', '.join(trainer.PRECISIONS)}.")
+    "precisions", lambda ps: all(p in precision_lib.COMPUTE_PRECISIONS for p in ps),
+    f"--precisions must be among {', '.join(precision_lib.COMPUTE_PRECISIONS)}.")
 FLAGS.set_default("batch_size", trainer.DataConfig().batch_size)
 FLAGS.set_default("repeats", 3)
 

@@ -133,6 +133,17 @@ def define_training_flags(flag_values=flags.FLAGS):
                       "Compile the train and eval steps with XLA (slower for "
                       "this model on CPU: measured 2x in FP32).",
                       flag_values=flag_values)
+    flags.DEFINE_integer("monitor_every", _TRAIN.monitor_every,
+                         "Every this many steps, measure each emulated "
+                         "layer's BF16 rounding error, underflow and overflow "
+                         "of weights, inputs and gradients "
+                         "(tfbf16.callbacks.PrecisionMonitor; written to "
+                         "precision_monitor.json and TensorBoard; 0: off).",
+                         lower_bound=0, flag_values=flag_values)
+    flags.DEFINE_bool("tensorboard", _TRAIN.tensorboard,
+                      "Write TensorBoard event files (training loss, eval "
+                      "metrics, BF16 statistics) into each run directory.",
+                      flag_values=flag_values)
 
 
 def define_common_flags(flag_values=flags.FLAGS):
@@ -169,4 +180,5 @@ def train_config(flag_values=flags.FLAGS):
         lr_schedule=f.lr_schedule,
         eval_every=f.eval_every, eval_steps=f.eval_steps or None,
         checkpoint_every=f.checkpoint_every, log_every=f.log_every,
-        jit_compile=f.jit_compile)
+        jit_compile=f.jit_compile, monitor_every=f.monitor_every,
+        tensorboard=f.tensorboard)

@@ -80,6 +80,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsys import flags_lib
+from recsys import precision as precision_lib
 from recsys import stats
 from recsys import trainer
 
@@ -87,8 +88,18 @@ FLAGS = flags.FLAGS
 
 flags_lib.define_common_flags()
 flags.DEFINE_list("precisions", ["fp32", "rne", "trunc"],
-                  "Comma-separated precisions to compare; must include fp32 "
-                  f"(the baseline). Choices: {', '.join(trainer.PRECISIONS)}.")
+                  "Comma-separated compute precisions to compare; must include "
+                  "fp32 (the baseline). Choices: "
+                  f"{', '.join(precision_lib.COMPUTE_PRECISIONS)}; a full name "
+                  "such as rne+bf16w_kahan (BF16 weights) is taken as it is.")
+flags.DEFINE_list("weights_precision", ["fp32"],
+                  "Weight storage to run each compute precision with: fp32 "
+                  "(FP32 master weights) and/or bf16 (weights stored in BF16 "
+                  "after every update, one run per --update_rounding).")
+flags.DEFINE_list("update_rounding", None,
+                  "With bf16 in --weights_precision: the update roundings to "
+                  f"compare, from {', '.join(precision_lib.UPDATE_ROUNDINGS)} "
+                  "(default rne).")
 flags.DEFINE_list("seeds", [str(s) for s in range(8)],
                   "Comma-separated model initialization seeds (the paired "
                   "replicates).")
@@ -107,20 +118,14 @@ MAX_CACHED_TRAIN_ROWS = 1 << 22
 METRICS = ("log_loss", "auc", "calibration")
 
 
-def check_precisions(precisions):
-    """Validates a study's precision list; returns it as a list of str."""
-    precisions = list(precisions)
-    unknown = [p for p in precisions if p not in trainer.PRECISIONS]
-    if unknown:
-        raise ValueError(f"Unknown precisions {unknown}; choose from "
-                         f"{', '.join(trainer.PRECISIONS)}.")
-    if len(set(precisions)) != len(precisions):
-        raise ValueError(f"Precisions repeat: {precisions}.")
-    if trainer.BASELINE not in precisions:
-        raise ValueError(f"The precisions must include {trainer.BASELINE!r}, "
-                         f"the baseline of the paired differences; got "
-                         f"{precisions}.")
-    return precisions
+def check_precisions(precisions, weights_precisions=("fp32",), update_roundings=None):
+    """Validates and expands a study's precisions (`precision.expand`).
+
+    Returns:
+        The list of precision names, the FP32 baseline first.
+    """
+    return [p.name for p in precision_lib.expand(precisions, weights_precisions,
+                                                 update_roundings)]
 
 
 def check_seeds(seeds):
@@ -146,20 +151,29 @@ def _validator(check):
     return validate
 
 
-flags.register_validator("precisions", _validator(check_precisions))
+flags.register_multi_flags_validator(
+    ["precisions", "weights_precision", "update_rounding"],
+    _validator(lambda f: check_precisions(f["precisions"], f["weights_precision"],
+                                          f["update_rounding"])))
 flags.register_validator("seeds", _validator(check_seeds))
 
 
 def run_study(data_config, model_config, train_config, *, precisions, seeds,
-              output_dir, data_seed=0, threshold=THRESHOLD, verbose=1):
+              output_dir, weights_precisions=("fp32",), update_roundings=None,
+              data_seed=0, threshold=THRESHOLD, verbose=1):
     """Trains every (precision, seed) pair and summarizes the comparison.
 
     Args:
         data_config: a `trainer.DataConfig`.
         model_config: a `trainer.ModelConfig`.
         train_config: a `trainer.TrainConfig`.
-        precisions: precisions to compare, including "fp32".
+        precisions: precisions to compare, including "fp32" (compute
+            precisions, or full names such as "rne+bf16w_kahan").
         seeds: model initialization seeds (paired replicates).
+        weights_precisions: "fp32" and/or "bf16": each compute precision
+            runs with each weight storage (see `precision.expand`).
+        update_roundings: the update roundings of BF16-weights runs (None:
+            "rne").
         output_dir: where runs and results are written (see module doc).
         data_seed: the data seed shared by all runs.
         threshold: the practically significant log loss difference.
@@ -178,7 +192,8 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
     >>> sorted(results["summary"]["rne"]["log_loss_difference"])
     ['confidence', 'half_width', 'high', 'low', 'mean', 'n', 'std']
     """
-    precisions = check_precisions(precisions)
+    # The baseline first, so that every seed's BF16 runs have their pair.
+    ordered = check_precisions(precisions, weights_precisions, update_roundings)
     seeds = check_seeds(seeds)
     began = time.perf_counter()
     tf.io.gfile.makedirs(output_dir)
@@ -191,15 +206,13 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
         logging.info("Training rows (%d) are not cached in memory (more than "
                      "%d); every run makes them again.", train_rows,
                      MAX_CACHED_TRAIN_ROWS)
-    # The baseline first, so that every seed's BF16 runs have their pair.
-    ordered = [trainer.BASELINE] + [p for p in precisions if p != trainer.BASELINE]
     trainers = {}  # one per kind of precision, reused across seeds
     runs = []
     for seed in seeds:
         initial = model_config.build(bundle.vocab_sizes, seed=seed).get_weights()
         for precision in ordered:
             logging.info("Training %s, seed %d", precision, seed)
-            kind = trainer.Trainer.kind_of(precision)
+            kind = precision_lib.Precision.parse(precision).trainer_kind
             if kind not in trainers:
                 trainers[kind] = trainer.Trainer(
                     model_config, bundle.vocab_sizes, train_config, precision)
@@ -216,6 +229,8 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
             "model": dataclasses.asdict(model_config),
             "train": dataclasses.asdict(train_config),
             "precisions": ordered,
+            "precision_descriptions": {
+                p: precision_lib.Precision.parse(p).describe() for p in ordered},
             "seeds": seeds,
             "threshold": threshold,
             "confidence": CONFIDENCE,
@@ -279,13 +294,13 @@ def summarize(runs, precisions, seeds, threshold=THRESHOLD,
         for metric in METRICS:
             entry[metric] = stats.mean_interval(values(precision, metric),
                                                 confidence).as_dict()
-        if precision != trainer.BASELINE:
+        if precision != precision_lib.BASELINE:
             diff = stats.paired_difference(values(precision, "log_loss"),
-                                           values(trainer.BASELINE, "log_loss"),
+                                           values(precision_lib.BASELINE, "log_loss"),
                                            confidence)
             entry["log_loss_difference"] = diff.as_dict()
             entry["auc_difference"] = stats.paired_difference(
-                values(precision, "auc"), values(trainer.BASELINE, "auc"),
+                values(precision, "auc"), values(precision_lib.BASELINE, "auc"),
                 confidence).as_dict()
             entry["practically_significant"] = bool(abs(diff.mean) >= threshold)
             entry["resolved"] = bool(diff.half_width <= threshold / 2)
@@ -348,7 +363,7 @@ def format_markdown(results):
     ]
     for precision in cfg["precisions"]:
         s = summary[precision]
-        if precision == trainer.BASELINE:
+        if precision == precision_lib.BASELINE:
             diff = significant = reading = auc_diff = "(baseline)"
         else:
             diff = _signed(s["log_loss_difference"])
@@ -359,7 +374,10 @@ def format_markdown(results):
             f"| {precision} | {_pm(s['log_loss'])} | {diff} | {significant} | "
             f"{reading} | {_pm(s['auc'])} | {auc_diff} | "
             f"{_pm(s['calibration'], 4)} | {_speed(s['examples_per_second'])} |")
-    unresolved = [p for p in cfg["precisions"] if p != trainer.BASELINE
+    descriptions = cfg.get("precision_descriptions", {})
+    legend = "; ".join(f"{p}: {descriptions[p]}" for p in cfg["precisions"]
+                       if p in descriptions)
+    unresolved = [p for p in cfg["precisions"] if p != precision_lib.BASELINE
                   and not summary[p]["resolved"]]
     loaded = sum(bool(r.get("loaded")) for r in results["runs"])
     runtime = f"Runtime: {results['runtime_seconds']:.0f} s"
@@ -367,6 +385,8 @@ def format_markdown(results):
         runtime += (f" ({loaded} of {len(results['runs'])} runs were loaded "
                     "from an earlier invocation, not trained)")
     lines += [
+        "",
+        f"Precisions: {legend}.",
         "",
         f"Δ = mean over seeds of (precision − FP32) for the same seed; "
         f"intervals are two-sided {level} Student t intervals over "
@@ -420,14 +440,14 @@ def plot(results, path):
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     colors = {p: f"C{i}" for i, p in enumerate(precisions)}
-    base_steps, base = curve(trainer.BASELINE)
+    base_steps, base = curve(precision_lib.BASELINE)
     for precision in precisions:
         steps, losses = curve(precision)
         if not len(steps):
             continue
         axes[0].plot(steps, losses.mean(0), color=colors[precision],
                      label=precision)
-        if precision != trainer.BASELINE and losses.shape == base.shape:
+        if precision != precision_lib.BASELINE and losses.shape == base.shape:
             axes[1].plot(steps, (losses - base).mean(0),
                          color=colors[precision], label=precision)
     axes[0].set(xlabel="training step", ylabel="eval log loss (subset)",
@@ -443,7 +463,7 @@ def plot(results, path):
                 title="Paired difference over training (mean over seeds)")
     axes[1].legend()
 
-    others = [p for p in precisions if p != trainer.BASELINE]
+    others = [p for p in precisions if p != precision_lib.BASELINE]
     for i, precision in enumerate(others):
         d = results["summary"][precision]["log_loss_difference"]
         err = None if d["n"] < 2 else [[d["mean"] - d["low"]], [d["high"] - d["mean"]]]
@@ -451,7 +471,7 @@ def plot(results, path):
                          color=colors[precision])
         for s in seeds:
             axes[2].plot([i + 0.15], [runs[(precision, s)]["log_loss"]
-                                      - runs[(trainer.BASELINE, s)]["log_loss"]],
+                                      - runs[(precision_lib.BASELINE, s)]["log_loss"]],
                          ".", color=colors[precision], alpha=0.5)
     axes[2].axhline(0.0, color="k", lw=0.8)
     axes[2].axhspan(-threshold, threshold, color="gray", alpha=0.15,
@@ -482,6 +502,8 @@ def main(argv):
     results = run_study(
         flags_lib.data_config(), flags_lib.model_config(),
         flags_lib.train_config(), precisions=FLAGS.precisions,
+        weights_precisions=FLAGS.weights_precision,
+        update_roundings=FLAGS.update_rounding,
         seeds=FLAGS.seeds, output_dir=FLAGS.output_dir,
         data_seed=FLAGS.data_seed, threshold=FLAGS.threshold,
         verbose=int(FLAGS.progress))

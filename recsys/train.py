@@ -2,7 +2,8 @@ r"""Trains and evaluates the DCN-V2 click model at one precision.
 
 FP32 trains the plain model; `rne`, `trunc`, `stochastic` and `native` train
 the same model (same initial weights for the same `--seed`) wrapped by
-`tfbf16.wrap(model, rounding=precision)`. Writes checkpoints, TensorBoard
+`tfbf16.wrap(model, rounding=precision)`. `--weights_precision=bf16` stores
+the weights in BF16 after every update, rounded with `--update_rounding`. Writes checkpoints, TensorBoard
 event files, the learning curve and the final eval metrics (log loss over the
 whole eval set, AUC, calibration) to `--model_dir`; a killed run restarted
 with the same flags resumes from its last checkpoint and ends with the same
@@ -14,6 +15,8 @@ Usage:
     python -m recsys.train --model_dir=/tmp/dcn_criteo --data=criteo \
         --data_path=train.txt --embedding_dim=39 --deep_layers=562,562 \
         --projection_dim=128 --train_steps=100000
+    python -m recsys.train --model_dir=/tmp/dcn_bf16w --precision=rne \
+        --weights_precision=bf16 --update_rounding=kahan --monitor_every=50
     tensorboard --logdir=/tmp/dcn_rne
 
 Run `python -m recsys.train --helpfull` for every flag.
@@ -26,14 +29,27 @@ from absl import flags
 from absl import logging
 
 from recsys import flags_lib
+from recsys import precision as precision_lib
 from recsys import trainer
 
 FLAGS = flags.FLAGS
 
 flags_lib.define_common_flags()
-flags.DEFINE_enum("precision", "fp32", trainer.PRECISIONS,
-                  "fp32, or the tfbf16 rounding of the BF16 emulation "
-                  "(native: real bfloat16 kernels).")
+flags.DEFINE_enum("precision", "fp32", precision_lib.COMPUTE_PRECISIONS,
+                  "Compute precision: fp32, or the tfbf16 rounding of the BF16 "
+                  "emulation (native: real bfloat16 kernels).")
+flags.DEFINE_enum("weights_precision", "fp32", precision_lib.WEIGHTS_PRECISIONS,
+                  "fp32: FP32 master weights (the paper's setup); bf16: every "
+                  "weight is stored as a BF16 value after each update "
+                  "(tfbf16.optimizers.BF16Weights).")
+flags.DEFINE_enum("update_rounding", None, precision_lib.UPDATE_ROUNDINGS,
+                  "With --weights_precision=bf16: how updated weights are "
+                  "rounded to BF16 (default rne; kahan adds a BF16 "
+                  "compensation buffer per weight).")
+flags.register_multi_flags_validator(
+    ["weights_precision", "update_rounding"],
+    lambda f: f["update_rounding"] is None or f["weights_precision"] == "bf16",
+    "--update_rounding applies to BF16 weights: add --weights_precision=bf16.")
 flags.DEFINE_integer("seed", 0, "Model initialization seed.", lower_bound=0)
 flags.DEFINE_string("model_dir", None,
                     "Directory for checkpoints, TensorBoard logs and "
@@ -46,12 +62,15 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     bundle = flags_lib.data_config().make_bundle(seed=FLAGS.data_seed)
     logging.info("Data: %s", bundle.description)
+    precision = precision_lib.Precision(FLAGS.precision, FLAGS.weights_precision,
+                                        FLAGS.update_rounding)
+    logging.info("Precision %s: %s", precision.name, precision.describe())
     result = trainer.run(
         bundle, flags_lib.model_config(), flags_lib.train_config(),
-        precision=FLAGS.precision, seed=FLAGS.seed, model_dir=FLAGS.model_dir,
+        precision=precision, seed=FLAGS.seed, model_dir=FLAGS.model_dir,
         data_seed=FLAGS.data_seed)
     final = result["final"]
-    print(f"{FLAGS.precision} seed {FLAGS.seed}, {result['steps']} steps: "
+    print(f"{precision.name} seed {FLAGS.seed}, {result['steps']} steps: "
           f"eval log loss {final['log_loss']:.6f}, AUC {final['auc']:.5f}, "
           f"calibration {final['calibration']:.4f} ({final['count']} eval rows)")
 

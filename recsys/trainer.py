@@ -1,14 +1,19 @@
 """Training and evaluation of DCN runs at a precision, resumable.
 
-A run is `(data, model, schedule, precision, seed)`. A `Trainer` holds the
-model (the plain FP32 model, or the same model wrapped by
-`tfbf16.wrap(model, rounding=precision)`), its Adam optimizer and compiled
-steps; `Trainer.run` resets it to the run's initial weights, trains it on
-`bundle.train`, evaluates it periodically for a learning curve and at the end
-on the whole eval set, and writes into the run's `model_dir`:
+A run is `(data, model, schedule, precision, seed)`, the precision a
+`recsys.precision.Precision`. A `Trainer` holds the model (the plain FP32
+model, or the same model wrapped by `tfbf16.wrap(model, rounding=compute)`),
+its Adam optimizer (wrapped by `tfbf16.optimizers.BF16Weights` for BF16
+weights) and compiled steps; `Trainer.run` resets it to the run's initial
+weights, trains it on `bundle.train`, evaluates it periodically for a
+learning curve and at the end on the whole eval set, and writes into the
+run's `model_dir`:
 
-- `checkpoints/`: `tf.train.CheckpointManager` over model, optimizer and step;
+- `checkpoints/`: `tf.train.CheckpointManager` over model, optimizer (Kahan
+  compensation buffers included) and step;
 - `train/`, `eval/`: TensorBoard event files (training loss, eval metrics);
+  `bf16/`: with `TrainConfig.monitor_every`, the per-layer BF16 statistics
+  of `tfbf16.callbacks.PrecisionMonitor` (also in `precision_monitor.json`);
 - `run_config.json`: what identifies the run (a restart with different
   settings in the same directory is refused, not silently mixed);
 - `history.json`: the learning curve so far; `result.json`: the final result.
@@ -42,14 +47,12 @@ from tensorflow.core.framework import summary_pb2
 
 from recsys import metrics
 from recsys import model as model_lib
-
-PRECISIONS = ("fp32", "rne", "trunc", "stochastic", "native")
-EMULATED = ("rne", "trunc", "stochastic")
-BASELINE = "fp32"
+from recsys.precision import Precision
 
 _RUN_CONFIG = "run_config.json"
 _HISTORY = "history.json"
 _RESULT = "result.json"
+_MONITOR = "precision_monitor.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +126,12 @@ class TrainConfig:
         checkpoint_every: checkpoint interval in steps (and at the end).
         log_every: progress bar / TensorBoard training-loss interval.
         jit_compile: compile the train and eval steps with XLA.
+        monitor_every: measure the BF16 rounding error, underflow and
+            overflow of every emulated layer's weights, inputs and
+            gradients every this many steps
+            (`tfbf16.callbacks.PrecisionMonitor`; 0: off). Only emulated
+            precisions have layers to measure.
+        tensorboard: write TensorBoard event files.
     """
     train_steps: int = 300
     learning_rate: float = 4e-3
@@ -132,6 +141,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 20
     jit_compile: bool = False
+    monitor_every: int = 0
+    tensorboard: bool = True
 
 
 def with_cached_eval(bundle):
@@ -181,31 +192,6 @@ def learning_rate_of(train_config):
             tc.learning_rate, decay_steps=tc.train_steps, alpha=0.0)
     raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got "
                      f"{tc.lr_schedule!r}.")
-
-
-def check_precision(precision):
-    """Returns `precision` if valid, else raises ValueError."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got "
-                         f"{precision!r}.")
-    return precision
-
-
-def apply_precision(model, precision):
-    """The model to train at `precision`.
-
-    Args:
-        model: an FP32 Keras model.
-        precision: one of `PRECISIONS`.
-
-    Returns:
-        `model` itself for "fp32", else `tfbf16.wrap(model, rounding=precision)`
-        (FP32 master weights, BF16-rounded GEMM inputs, weights and gradients).
-    """
-    if check_precision(precision) == BASELINE:
-        return model
-    import tfbf16  # imported only when needed
-    return tfbf16.wrap(model, rounding=precision)
 
 
 # TensorBoard's scalar-plugin metadata. Scalars are written with the core
@@ -271,9 +257,10 @@ def run_identity(bundle, model_config, train_config, precision, seed,
                  data_seed):
     """The settings that determine a run's result (a JSON-compatible dict).
 
-    Settings that do not change the trained weights (checkpoint, log and
-    eval intervals; the number of steps under a constant learning rate) are
-    left out, so such a run may be extended or re-evaluated in place.
+    Settings that do not change the trained weights (checkpoint, log,
+    eval and monitoring intervals, TensorBoard; the number of steps under a
+    constant learning rate) are left out, so such a run may be extended or
+    re-evaluated in place.
     """
     schedule = {"lr_schedule": train_config.lr_schedule}
     if train_config.lr_schedule != "constant":
@@ -285,7 +272,7 @@ def run_identity(bundle, model_config, train_config, precision, seed,
         "model": json.loads(json.dumps(dataclasses.asdict(model_config))),
         "learning_rate": float(train_config.learning_rate),
         "jit_compile": bool(train_config.jit_compile),
-        "precision": precision,
+        "precision": Precision.parse(precision).name,
         "seed": int(seed),
     }
 
@@ -325,19 +312,21 @@ class Trainer:
 
     Building, wrapping and tracing the DCN takes seconds (the wrapped one
     ~10 s on 2 cores), so a `Trainer` is built once and reused: each `run`
-    resets the weights to the run's initial FP32 weights, zeroes the
-    optimizer state and the step, and for the emulated roundings (rne, trunc,
-    stochastic) switches the rounding with `tfbf16.set_rounding`, which the
-    traced step reads at run time. A run on a reused `Trainer` gives the
-    same result as on a new one.
+    resets the weights to the run's initial FP32 weights (rounded to BF16
+    for BF16 weights), zeroes the optimizer state and the step, and for the
+    emulated roundings (rne, trunc, stochastic) switches the rounding with
+    `tfbf16.set_rounding`, which the traced step reads at run time. A run
+    on a reused `Trainer` gives the same result as on a new one.
 
     Args:
         model_config: a `ModelConfig`.
         vocab_sizes: the 26 categorical id space sizes.
         train_config: a `TrainConfig`.
-        precision: the first precision to run; the `Trainer` can then run
-            every precision of the same kind: "fp32" (the plain model), the
-            emulated roundings (one wrapped model), or "native".
+        precision: the first precision to run (a `Precision` or its name);
+            the `Trainer` can then run every precision of the same
+            `Precision.trainer_kind`: the same weights precision and update
+            rounding, and "fp32" compute (the plain model), the emulated
+            roundings (one wrapped model), or "native".
 
     Example:
 
@@ -347,42 +336,60 @@ class Trainer:
     """
 
     def __init__(self, model_config, vocab_sizes, train_config, precision):
-        check_precision(precision)
+        precision = Precision.parse(precision)
         self.model_config = model_config
         self.train_config = train_config
         self.vocab_sizes = list(vocab_sizes)
-        self.kind = self.kind_of(precision)
+        self.kind = precision.trainer_kind
         self.fp32_model = model_config.build(self.vocab_sizes)
-        self.model = apply_precision(self.fp32_model, precision)
-        self.optimizer = tf.keras.optimizers.Adam(
-            learning_rate=learning_rate_of(train_config))
+        self.model = precision.apply(self.fp32_model)
+        self.optimizer = precision.optimizer(tf.keras.optimizers.Adam(
+            learning_rate=learning_rate_of(train_config)))
         self.optimizer.build(self.model.trainable_variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.train_step = make_train_step(self.model, self.optimizer,
                                           jit_compile=train_config.jit_compile,
                                           step_counter=self.step)
+        # PrecisionMonitor measures emulated layers; the plain FP32 and the
+        # native model have none.
+        self.monitored = bool(train_config.monitor_every
+                              and precision.compute_kind == "emulated")
+        if self.monitored:
+            import tfbf16
+            self.train_step = tfbf16.callbacks.instrument(self.train_step, self.model)
         self.logit_fn = metrics.make_logit_fn(
             self.model, jit_compile=train_config.jit_compile)
 
     @staticmethod
     def kind_of(precision):
-        """"fp32", "emulated" or "native": what one `Trainer` can run."""
-        if check_precision(precision) in EMULATED:
-            return "emulated"
-        return precision
+        """The `Precision.trainer_kind` of `precision`: what one `Trainer` runs."""
+        return Precision.parse(precision).trainer_kind
 
     def reset(self, initial_weights, precision):
-        """Sets the initial FP32 weights, zero optimizer state and step 0."""
-        if self.kind_of(precision) != self.kind:
-            raise ValueError(f"This Trainer runs {self.kind} precisions, not "
-                             f"{precision!r}; build another Trainer.")
-        if self.kind == "emulated":
+        """Sets the initial weights, zero optimizer state and step 0."""
+        precision = Precision.parse(precision)
+        if precision.trainer_kind != self.kind:
+            raise ValueError(f"This Trainer runs precisions of kind {self.kind}, "
+                             f"not {precision.name!r}; build another Trainer.")
+        if precision.compute_kind == "emulated":
             import tfbf16
-            tfbf16.set_rounding(self.model, precision)
+            tfbf16.set_rounding(self.model, precision.compute)
         self.fp32_model.set_weights(initial_weights)
+        if precision.weights == "bf16":
+            self.optimizer.round_weights(self.model.trainable_variables)
         for variable in self.optimizer.variables:
             variable.assign(tf.zeros_like(variable))
         self.step.assign(0)
+
+    def monitor(self, model_dir):
+        """A `PrecisionMonitor` for a run in `model_dir`, or None if off."""
+        if not self.monitored:
+            return None
+        import tfbf16
+        tc = self.train_config
+        log_dir = os.path.join(model_dir, "bf16") if tc.tensorboard else None
+        return tfbf16.callbacks.PrecisionMonitor(
+            tc.monitor_every, log_dir=log_dir, optimizer=self.optimizer)
 
     def run(self, bundle, *, precision, seed, model_dir, data_seed=0,
             initial_weights=None, callbacks=(), verbose=1):
@@ -391,7 +398,7 @@ class Trainer:
         Args:
             bundle: the `DataBundle` (its `train` must be the deterministic
                 stream of data seed `data_seed`).
-            precision: one of `PRECISIONS`, of this Trainer's kind.
+            precision: a `Precision` or its name, of this Trainer's kind.
             seed: model initialization seed; also seeds TensorFlow, NumPy
                 and Python (`tf.keras.utils.set_random_seed`).
             model_dir: directory for checkpoints, TensorBoard logs, results.
@@ -406,7 +413,7 @@ class Trainer:
             verbose: 1 for a Keras progress bar, 0 for none.
 
         Returns:
-            A dict with "precision", "seed", "steps", "final" (the
+            A dict with "precision" (the name), "seed", "steps", "final" (the
             `metrics.click_metrics` of the whole eval set), "history" (the
             periodic evaluations: `{"step", "log_loss", "auc",
             "calibration", ...}`), "train_seconds" and "examples_per_second"
@@ -418,14 +425,14 @@ class Trainer:
         Raises:
             ValueError: on invalid settings or a `model_dir` of another run.
         """
-        check_precision(precision)
+        precision = Precision.parse(precision)
         tc = self.train_config
         _check_run_dir(model_dir, run_identity(
             bundle, self.model_config, tc, precision, seed, data_seed))
         done = _read_json(os.path.join(model_dir, _RESULT))
         if done is not None and done["steps"] == tc.train_steps:
-            logging.info("%s seed %d: already complete in %s.", precision, seed,
-                         model_dir)
+            logging.info("%s seed %d: already complete in %s.", precision.name,
+                         seed, model_dir)
             return dict(done, loaded=True)
         if initial_weights is None:
             initial_weights = self.model_config.build(
@@ -442,10 +449,14 @@ class _Run:
     def __init__(self, trainer, bundle, precision, seed, model_dir, callbacks,
                  verbose):
         self.trainer, self.bundle, self.tc = trainer, bundle, trainer.train_config
-        self.precision, self.seed, self.model_dir = precision, seed, model_dir
+        self.precision, self.seed, self.model_dir = precision.name, seed, model_dir
         self.verbose = verbose
-        self.callbacks = tf.keras.callbacks.CallbackList(
-            list(callbacks), model=trainer.model)
+        callbacks = list(callbacks)
+        self.monitor = trainer.monitor(model_dir)
+        if self.monitor is not None:
+            callbacks.append(self.monitor)
+        self.callbacks = tf.keras.callbacks.CallbackList(callbacks,
+                                                         model=trainer.model)
         checkpoint = tf.train.Checkpoint(model=trainer.model,
                                          optimizer=trainer.optimizer,
                                          step=trainer.step)
@@ -460,12 +471,20 @@ class _Run:
                                 logit_fn=self.trainer.logit_fn)
 
     def _log_eval(self, writer, step, result, prefix=""):
-        write_scalars(writer, step, {prefix + name: result[name] for name in
-                                     ("log_loss", "auc", "calibration")})
+        if writer is not None:
+            write_scalars(writer, step, {prefix + name: result[name] for name in
+                                         ("log_loss", "auc", "calibration")})
 
-    def _save(self, history):
+    def _writer(self, name):
+        if not self.tc.tensorboard:
+            return None
+        return tf.summary.create_file_writer(self._path(name))
+
+    def _save(self, history, monitor_records):
         self.manager.save(checkpoint_number=self.trainer.step)
         _write_json(self._path(_HISTORY), history)
+        if self.monitor is not None:
+            _write_json(self._path(_MONITOR), monitor_records + self.monitor.records)
 
     def execute(self):
         tc, trainer = self.tc, self.trainer
@@ -473,6 +492,9 @@ class _Run:
         start = int(trainer.step.numpy())
         history = [h for h in (_read_json(self._path(_HISTORY)) or [])
                    if h["step"] <= start]
+        # Measurements of steps before `start` (an earlier invocation's).
+        monitor_records = [r for r in (_read_json(self._path(_MONITOR)) or [])
+                           if r["step"] < start]
         if restored:
             logging.info("%s seed %d: resumed from %s at step %d",
                          self.precision, self.seed, restored, start)
@@ -481,8 +503,8 @@ class _Run:
                 f"{self.model_dir} already holds a run of {start} steps, more "
                 f"than train_steps={tc.train_steps}.")
 
-        train_writer = tf.summary.create_file_writer(self._path("train"))
-        eval_writer = tf.summary.create_file_writer(self._path("eval"))
+        train_writer = self._writer("train")
+        eval_writer = self._writer("eval")
         if tc.eval_every and start == 0 and not history:
             history.append({"step": 0, **self._evaluate(tc.eval_steps)})
             self._log_eval(eval_writer, 0, history[-1])
@@ -509,21 +531,22 @@ class _Run:
             if step % tc.log_every == 0 or step == tc.train_steps:
                 mean_loss = float(tf.reduce_mean(window))
                 window = []
-                write_scalars(train_writer, step, {"loss": mean_loss})
+                if train_writer is not None:
+                    write_scalars(train_writer, step, {"loss": mean_loss})
                 if progbar is not None:
                     progbar.update(step, [("loss", mean_loss)])
             if tc.eval_every and step % tc.eval_every == 0:
                 history.append({"step": step, **self._evaluate(tc.eval_steps)})
                 self._log_eval(eval_writer, step, history[-1])
             if step % tc.checkpoint_every == 0:
-                self._save(history)
+                self._save(history, monitor_records)
         seconds = time.perf_counter() - began
         if step != tc.train_steps:
             raise ValueError(
                 f"The training data ran out after {step} of {tc.train_steps} "
                 "steps.")
         self.callbacks.on_train_end()
-        self._save(history)
+        self._save(history, monitor_records)
 
         final = self._evaluate(None)
         self._log_eval(eval_writer, step, final, prefix="final_")

@@ -113,7 +113,16 @@ class _BF16WeightsLogic:
             seed = tf.stack([tf.constant(self._seed, tf.int64) + index, step])
         return round_bf16(value, rounding, seed=seed)
 
-    def _round_initial_weights(self, var_list):
+    def round_weights(self, var_list):
+        """Rounds (RNE) the floating-point weights of `var_list` to BF16 now.
+
+        `build` does this once; call it again after replacing the weights
+        (e.g. `model.set_weights(fp32_weights)`) so that they are BF16
+        values before the next step.
+
+        Args:
+            var_list: the weights (Keras or `tf.Variable`s).
+        """
         with tf.init_scope():
             for variable in var_list:
                 if _is_float(variable):
@@ -269,7 +278,7 @@ class Keras3BF16Weights(_BF16WeightsLogic, keras.optimizers.Optimizer):
                 for v in var_list
             ]
         super().build(var_list)
-        self._round_initial_weights(var_list)
+        self.round_weights(var_list)
 
     def _compensation_of(self, variable):
         return self._compensations[self._get_variable_index(variable)]
@@ -365,7 +374,7 @@ class TfKerasBF16Weights(_BF16WeightsLogic, tf_keras.optimizers.Optimizer):
                 self.add_variable_from_reference(v, "kahan_compensation")
                 for v in var_list
             ]
-        self._round_initial_weights(var_list)
+        self.round_weights(var_list)
         self._built = True
 
     def _compensation_of(self, variable):

@@ -3,6 +3,7 @@
 import json
 import os
 
+from absl import flags
 import numpy as np
 import pytest
 
@@ -152,7 +153,7 @@ def test_verdicts():
 
 @pytest.mark.parametrize("precisions, message", [
     (["rne", "trunc"], "must include 'fp32'"),
-    (["fp32", "bf16"], "Unknown precisions"),
+    (["fp32", "bf16"], "Unknown compute precision 'bf16'"),
     (["fp32", "rne", "rne"], "repeat"),
 ])
 def test_precision_list_validation(precisions, message):
@@ -166,3 +167,31 @@ def test_seed_list_validation():
                            (["1", "1"], "repeat")]:
         with pytest.raises(ValueError, match=message):
             study.check_seeds(seeds)
+
+
+def test_precision_flags_are_validated_together():
+    try:
+        with pytest.raises(flags.IllegalFlagValueError, match="add bf16"):
+            study.FLAGS(["study", "--update_rounding=kahan"])
+        study.FLAGS.unparse_flags()
+        study.FLAGS(["study", "--weights_precision=bf16", "--update_rounding=rne,kahan"])
+        assert study.check_precisions(study.FLAGS.precisions, study.FLAGS.weights_precision,
+                                      study.FLAGS.update_rounding) == [
+            "fp32", "fp32+bf16w_rne", "fp32+bf16w_kahan", "rne+bf16w_rne",
+            "rne+bf16w_kahan", "trunc+bf16w_rne", "trunc+bf16w_kahan"]
+    finally:
+        study.FLAGS.unparse_flags()
+
+
+def test_study_compares_bf16_weight_update_roundings(tmp_path):
+    results = study.run_study(TINY_DATA, TINY_MODEL, TINY_TRAIN, precisions=["fp32"],
+                              weights_precisions=["bf16"], update_roundings=["rne", "kahan"],
+                              seeds=[0, 1], output_dir=str(tmp_path), verbose=0)
+    names = ["fp32", "fp32+bf16w_rne", "fp32+bf16w_kahan"]
+    assert results["config"]["precisions"] == names
+    loss = {(r["precision"], r["seed"]): r["log_loss"] for r in results["runs"]}
+    assert len({loss[(name, 0)] for name in names}) == 3
+    markdown = study.format_markdown(results)
+    assert "fp32+bf16w_kahan: FP32 compute, BF16 weights (kahan updates)" in markdown
+    assert [line.split(" | ")[0] for line in markdown.splitlines()
+            if line.startswith("| fp32")] == ["| " + n for n in names]

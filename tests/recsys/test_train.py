@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfbf16
+
 from recsys import flags_lib
 from recsys import trainer
+from recsys.precision import Precision
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -68,20 +71,36 @@ def _events(directory):
     for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
-                scalar = float(tf.make_ndarray(value.tensor))
-                found.setdefault(value.tag, []).append((event.step, scalar))
+                array = tf.make_ndarray(value.tensor)
+                if array.ndim:  # a histogram
+                    continue
+                found.setdefault(value.tag, []).append((event.step, float(array)))
     return found
+
+
+def _run_cli(*args):
+    command = [sys.executable, "-m", "recsys.train", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          timeout=180)
+
+
+def _is_bf16(values):
+    values = np.asarray(values, np.float32)
+    return np.array_equal(values.view(np.uint32) & 0xFFFF, np.zeros_like(values, np.uint32))
 
 
 def test_train_cli_writes_checkpoints_events_and_result(tmp_path):
     model_dir = str(tmp_path / "run")
-    command = [sys.executable, "-m", "recsys.train", f"--model_dir={model_dir}",
-               "--train_steps=6", "--eval_every=3", "--eval_steps=2",
-               "--checkpoint_every=3", "--log_every=2"] + TINY_FLAGS
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    done = _run_cli(f"--model_dir={model_dir}", "--train_steps=6", "--eval_every=3",
+                    "--eval_steps=2", "--checkpoint_every=3", "--log_every=2",
+                    "--precision=rne", "--weights_precision=bf16",
+                    "--update_rounding=kahan", "--monitor_every=3", *TINY_FLAGS)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "fp32 seed 0, 6 steps: eval log loss" in done.stdout
+    assert "rne+bf16w_kahan seed 0, 6 steps: eval log loss" in done.stdout
+    with open(os.path.join(model_dir, "precision_monitor.json")) as f:
+        assert [r["step"] for r in json.load(f)] == [0, 3]
+    monitor_events = _events(os.path.join(model_dir, "bf16"))
+    assert [s for s, _ in monitor_events["bf16/cross_1/inputs_rel_error"]] == [0, 3]
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")
                                       ).endswith("ckpt-6")
     train_events = _events(os.path.join(model_dir, "train"))
@@ -96,6 +115,11 @@ def test_train_cli_writes_checkpoints_events_and_result(tmp_path):
         eval_events["final_log_loss"][0][1], rel=1e-6)
 
 
+def test_train_cli_refuses_update_rounding_without_bf16_weights(tmp_path):
+    done = _run_cli(f"--model_dir={tmp_path}", "--update_rounding=kahan")
+    assert done.returncode == 1
+    assert "--update_rounding applies to BF16 weights" in done.stderr
+
 
 class _Interrupt(tf.keras.callbacks.Callback):
     """Raises after a given step, like a killed process."""
@@ -109,17 +133,23 @@ class _Interrupt(tf.keras.callbacks.Callback):
             raise KeyboardInterrupt(f"interrupted at step {batch}")
 
 
-def _final_weights(model_dir, bundle):
+def _final_weights(model_dir, bundle, precision):
+    """The checkpointed weights (the model of `precision`: a wrapped model
+    saves its weights under the wrappers)."""
     model = TINY_MODEL.build(bundle.vocab_sizes)
-    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(
-        os.path.join(model_dir, "checkpoints"))).expect_partial()
+    status = tf.train.Checkpoint(model=Precision.parse(precision).apply(model)).restore(
+        tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
+    status.expect_partial().assert_existing_objects_matched()
     return model.get_weights()
 
 
-def test_resumed_run_equals_uninterrupted_run(bundle, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "rne+bf16w_kahan"])
+def test_resumed_run_equals_uninterrupted_run(bundle, tmp_path, precision):
+    # With BF16 weights and Kahan updates, the compensation buffers must be
+    # checkpointed too, or the resumed run would differ.
     config = trainer.TrainConfig(train_steps=12, eval_every=4, eval_steps=2,
                                  checkpoint_every=4, log_every=4)
-    kwargs = dict(precision="fp32", seed=1, verbose=0)
+    kwargs = dict(precision=precision, seed=1, verbose=0)
     straight_dir, resumed_dir = str(tmp_path / "straight"), str(tmp_path / "resumed")
     straight = trainer.run(bundle, TINY_MODEL, config, model_dir=straight_dir,
                            **kwargs)
@@ -139,9 +169,11 @@ def test_resumed_run_equals_uninterrupted_run(bundle, tmp_path):
     assert [h["step"] for h in resumed["history"]] == [0, 4, 8, 12]
     # Same final weights, bit for bit: batches 5..7 were trained on again
     # and batches 1..4 were skipped, not trained on twice.
-    for x, y in zip(_final_weights(straight_dir, bundle),
-                    _final_weights(resumed_dir, bundle)):
+    for x, y in zip(_final_weights(straight_dir, bundle, precision),
+                    _final_weights(resumed_dir, bundle, precision)):
         np.testing.assert_array_equal(x, y)
+        if precision != "fp32":
+            assert _is_bf16(x)
     # A finished run is loaded, not trained again.
     loaded = trainer.run(bundle, TINY_MODEL, config, model_dir=resumed_dir,
                          **kwargs)
@@ -157,6 +189,37 @@ def test_run_dir_of_other_settings_is_refused(bundle, tmp_path):
     with pytest.raises(ValueError, match="other settings.*seed"):
         trainer.run(bundle, TINY_MODEL, config, precision="fp32", seed=1,
                     model_dir=model_dir, verbose=0)
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="Invalid precision 'fp16'"):
         trainer.run(bundle, TINY_MODEL, config, precision="fp16", seed=0,
                     model_dir=model_dir, verbose=0)
+
+
+def test_bf16_weights_are_stored_in_bf16_and_monitored(bundle, tmp_path):
+    config = trainer.TrainConfig(train_steps=6, eval_every=0, checkpoint_every=6,
+                                 log_every=3, monitor_every=2, tensorboard=False)
+    run_dir = str(tmp_path / "run")
+    emulated = trainer.Trainer(TINY_MODEL, bundle.vocab_sizes, config, "trunc+bf16w_rne")
+    assert isinstance(emulated.optimizer, tfbf16.optimizers.BF16Weights)
+    result = emulated.run(bundle, precision="trunc+bf16w_rne", seed=0,
+                          model_dir=run_dir, verbose=0)
+    assert result["precision"] == "trunc+bf16w_rne"
+    weights = emulated.fp32_model.trainable_weights
+    assert all(_is_bf16(w.numpy()) for w in weights)
+    initial = TINY_MODEL.build(bundle.vocab_sizes, seed=0).get_weights()
+    assert not all(_is_bf16(w) for w in initial)  # the test means something
+
+    # No event files with tensorboard=False; the monitor's records are kept.
+    assert not {"train", "eval", "bf16"} & set(os.listdir(run_dir))
+    with open(os.path.join(run_dir, "precision_monitor.json")) as f:
+        records = json.load(f)
+    assert [r["step"] for r in records] == [0, 2, 4]
+    # The weights are BF16 values, so rounding them changes nothing; the
+    # activations entering the deep layer are not BF16 values.
+    for record in records:
+        assert record["bf16/deep_1/weights_rel_error"] == 0.0
+        assert 0 < record["bf16/deep_1/inputs_rel_error"] < 2 ** -8
+
+    # The same Trainer runs "rne+bf16w_rne" (same kind), not other kinds.
+    with pytest.raises(ValueError, match="build another Trainer"):
+        emulated.run(bundle, precision="rne+bf16w_kahan", seed=0,
+                     model_dir=str(tmp_path / "other"), verbose=0)
