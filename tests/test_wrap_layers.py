@@ -28,15 +28,6 @@ import tfbf16
 
 FLAVOURS = {"keras3": keras, "tf_keras": tf_keras}
 
-# Library bugs these tests found (see the report of the test author); each
-# marked test must start passing (strict xfail) once the bug is fixed.
-BUG_GRU_STATE = (
-    "tfbf16 bug: GRU: h(t-1) is rounded before the whole cell call, so the FP32 "
-    "interpolation z * h(t-1) + (1 - z) * hh also uses the rounded state; only "
-    "the recurrent matmul's input should be rounded"
-)
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -366,27 +357,64 @@ def _cell_reference(cell, x, units, n_states, go_backwards=False):
 
 
 def _gru_reference(cell, x, units, go_backwards=False, round_interpolation=False):
-    """GRU (reset_after=True, implementation=2) with the GEMM inputs rounded.
+    """GRU with the GEMM inputs rounded, for the cell's reset_after/implementation.
 
-    h(t-1) is rounded where it enters the recurrent matmul; the elementwise
-    interpolation z * h(t-1) + (1 - z) * hh is FP32, as in the paper's
-    emulation (only GEMM/conv inputs are rounded).
+    The activation operand of every matmul is rounded (x(t), h(t-1) where it
+    enters the recurrent matmul, and r * h(t-1) with reset_after=False); the
+    elementwise interpolation z * h(t-1) + (1 - z) * hh is FP32, as in the
+    paper's emulation (only GEMM/conv inputs are rounded). With
+    implementation=1, x(t) and h(t-1) enter one matmul per gate and are
+    rounded once for all three (so their gradients are rounded once, as with
+    implementation=2's single matmul). The ops mirror the Keras cells' (same
+    kernel slices, same order of additions) so that the bits agree.
     """
+    # The weights are read once (the wrapper rounds them once per call) and
+    # split at every step, as the cell does, so that the weight gradients are
+    # summed in the same order.
     kernel = tf.convert_to_tensor(cell.kernel)
     recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
-    input_bias, recurrent_bias = tf.unstack(tf.convert_to_tensor(cell.bias))
+    bias = tf.convert_to_tensor(cell.bias)
+    u = units
     steps = range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])
     h = tf.zeros([x.shape[0], units])
     outputs = []
     for t in steps:
-        h_r = q(h)
-        matrix_x = tf.nn.bias_add(tf.matmul(q(x[:, t]), kernel), input_bias)
-        matrix_inner = tf.nn.bias_add(tf.matmul(h_r, recurrent), recurrent_bias)
-        x_z, x_r, x_h = tf.split(matrix_x, 3, axis=-1)
-        r_z, r_r, r_h = tf.split(matrix_inner, 3, axis=-1)
-        z = tf.sigmoid(x_z + r_z)
-        r = tf.sigmoid(x_r + r_r)
-        hh = tf.tanh(x_h + r * r_h)
+        if cell.reset_after:
+            input_bias, recurrent_bias = tf.unstack(bias)
+        else:
+            input_bias, recurrent_bias = bias, None
+        h_r, x_r_t = q(h), q(x[:, t])
+        if cell.implementation == 1:
+            x_z = tf.matmul(x_r_t, kernel[:, :u]) + input_bias[:u]
+            x_r = tf.matmul(x_r_t, kernel[:, u : 2 * u]) + input_bias[u : 2 * u]
+            x_h = tf.matmul(x_r_t, kernel[:, 2 * u :]) + input_bias[2 * u :]
+            r_z = tf.matmul(h_r, recurrent[:, :u])
+            r_r = tf.matmul(h_r, recurrent[:, u : 2 * u])
+            if cell.reset_after:
+                r_z, r_r = r_z + recurrent_bias[:u], r_r + recurrent_bias[u : 2 * u]
+            z = tf.sigmoid(x_z + r_z)
+            r = tf.sigmoid(x_r + r_r)
+            if cell.reset_after:
+                r_h = r * (tf.matmul(h_r, recurrent[:, 2 * u :]) + recurrent_bias[2 * u :])
+            else:
+                r_h = tf.matmul(q(r * h), recurrent[:, 2 * u :])
+            hh = tf.tanh(x_h + r_h)
+        else:
+            matrix_x = tf.nn.bias_add(tf.matmul(x_r_t, kernel), input_bias)
+            x_z, x_r, x_h = tf.split(matrix_x, 3, axis=-1)
+            if cell.reset_after:
+                matrix_inner = tf.nn.bias_add(tf.matmul(h_r, recurrent), recurrent_bias)
+                r_z, r_r, r_h = tf.split(matrix_inner, 3, axis=-1)
+            else:
+                matrix_inner = tf.matmul(h_r, recurrent[:, : 2 * u])
+                r_z, r_r = tf.split(matrix_inner, 2, axis=-1)
+            z = tf.sigmoid(x_z + r_z)
+            r = tf.sigmoid(x_r + r_r)
+            if cell.reset_after:
+                r_h = r * r_h
+            else:
+                r_h = tf.matmul(q(r * h), recurrent[:, 2 * u :])
+            hh = tf.tanh(x_h + r_h)
         h = z * (h_r if round_interpolation else h) + (1 - z) * hh
         outputs.append(h)
     return outputs
@@ -427,7 +455,6 @@ def test_rnn_rounds_step_input_and_state_at_every_step(flavour, rnn, return_sequ
     assert not np.array_equal(y, inputs_only)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_GRU_STATE)
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
 def test_gru_rounds_only_gemm_inputs(flavour):
     K = FLAVOURS[flavour]
@@ -448,12 +475,79 @@ def test_gru_rounds_only_gemm_inputs(flavour):
     check_weight_grads(dw, dw_ref)
 
 
+def _gru_module_namespaces(K):
+    """The module objects GRUCell.call reaches its matmul through."""
+    namespace = K.layers.GRUCell.call.__globals__
+    return {name: namespace[name] for name in ("ops", "backend") if name in namespace}
+
+
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
-def test_bidirectional_rounds_both_directions(flavour):
+@pytest.mark.parametrize(
+    "reset_after, implementation", [(False, 2), (False, 1), (True, 1)]
+)
+def test_gru_variants_round_only_gemm_inputs(flavour, reset_after, implementation):
+    K = FLAVOURS[flavour]
+    rng = np.random.default_rng(7)
+    units = 3
+    layer = K.layers.GRU(
+        units, reset_after=reset_after, implementation=implementation, return_sequences=True
+    )
+    x = not_bf16(rng, (2, 4, 5))
+    layer(tf.constant(x))
+    assert (layer.cell.reset_after, layer.cell.implementation) == (reset_after, implementation)
+    randomize_weights(layer, rng)
+    upstream = not_bf16(rng, (2, 4, units))
+    namespaces = _gru_module_namespaces(K)
+    wrapper = tfbf16.BF16Wrapper(layer)
+    y, (dx,), dw = wrapped_forward_backward(wrapper, layer, [x], upstream)
+
+    def reference(t, round_interpolation=False):
+        outputs = _gru_reference(layer.cell, t, units, round_interpolation=round_interpolation)
+        return tf.stack(outputs, axis=1)
+
+    y_ref, (dx_ref,), dw_ref = reference_forward_backward(reference, layer, [x], upstream)
+    assert_bits_equal(y, y_ref, "forward output")
+    assert_bits_equal(dx, dx_ref, "input gradient")
+    assert_bf16_values(dx, "input gradient")
+    check_weight_grads(dw, dw_ref)
+    # The hooked module namespace is restored after the call.
+    assert _gru_module_namespaces(K) == namespaces
+    assert all(type(m).__name__ == "module" for m in namespaces.values())
+    # The old emulation (h(t-1) rounded in the interpolation too) is different.
+    y_old, _, _ = reference_forward_backward(
+        lambda t: reference(t, round_interpolation=True), layer, [x], upstream
+    )
+    assert not np.array_equal(y, y_old)
+    # An unwrapped call of the same layer stays FP32 (nothing left hooked).
+    fp32 = layer(tf.constant(x)).numpy()
+    assert not np.array_equal(fp32, y)
+    with rounded_weights(layer):
+        assert not np.array_equal(layer(tf.constant(rnd(x))).numpy(), y)
+
+    # The traced call is hooked too: bit for bit under tf.function. XLA
+    # compiles the two graphs into different kernels (a few-ulp difference
+    # even between FP32 graphs), so under XLA the wrapper must be within a few
+    # ulp of the reference and far from the old emulation (~1e-3 away).
+    x_t = tf.constant(x)
+    assert_bits_equal(tf.function(wrapper)(x_t), y, "tf.function")
+    y_xla = tf.function(wrapper, jit_compile=True)(x_t).numpy()
+    with rounded_weights(layer):
+        ref_xla = tf.function(reference, jit_compile=True)(x_t).numpy()
+        old_xla = tf.function(
+            lambda t: reference(t, round_interpolation=True), jit_compile=True
+        )(x_t).numpy()
+    assert np.max(np.abs(y_xla - ref_xla)) <= 1e-6
+    assert np.max(np.abs(y_xla - old_xla)) > 1e-4
+    assert _gru_module_namespaces(K) == namespaces
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+@pytest.mark.parametrize("rnn", ["LSTM", "GRU"])
+def test_bidirectional_rounds_both_directions(flavour, rnn):
     K = FLAVOURS[flavour]
     rng = np.random.default_rng(6)
     units = 2
-    layer = K.layers.Bidirectional(K.layers.LSTM(units))
+    layer = K.layers.Bidirectional(getattr(K.layers, rnn)(units))
     x = not_bf16(rng, (2, 4, 3))
     layer(tf.constant(x))
     randomize_weights(layer, rng)
@@ -462,8 +556,14 @@ def test_bidirectional_rounds_both_directions(flavour):
     y, (dx,), dw = wrapped_forward_backward(wrapper, layer, [x], upstream)
 
     def reference(t):
-        forward = _cell_reference(layer.forward_layer.cell, t, units, 2)[-1]
-        backward = _cell_reference(layer.backward_layer.cell, t, units, 2, go_backwards=True)[-1]
+        if rnn == "GRU":
+            forward = _gru_reference(layer.forward_layer.cell, t, units)[-1]
+            backward = _gru_reference(layer.backward_layer.cell, t, units, go_backwards=True)[-1]
+        else:
+            forward = _cell_reference(layer.forward_layer.cell, t, units, 2)[-1]
+            backward = _cell_reference(
+                layer.backward_layer.cell, t, units, 2, go_backwards=True
+            )[-1]
         return tf.concat([forward, backward], axis=-1)
 
     y_ref, (dx_ref,), dw_ref = reference_forward_backward(reference, layer, [x], upstream)

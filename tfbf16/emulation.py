@@ -11,7 +11,16 @@ removed afterwards, so nothing of it is saved or left behind):
 
 - recurrent layers: the cell's inputs and its recurrent state h_{t-1} are
   rounded at every step (the fused cuDNN/defun paths are switched off for the
-  call so that the cell runs);
+  call so that the cell runs). SimpleRNN and LSTM cells use x_t and h_{t-1}
+  only as GEMM inputs (LSTM's carry c_{t-1} is not rounded), so their call
+  gets rounded arguments. A GRU cell also uses h_{t-1} in the FP32
+  interpolation z * h_{t-1} + (1 - z) * hh, so instead its matmuls are
+  hooked: for the duration of its call, the module namespace its source
+  calls the matmul through (`ops.matmul` in Keras 3, `backend.dot` in
+  tf_keras) is replaced by a proxy that rounds the activation operand of
+  each matmul (x_t @ kernel, h_{t-1} @ recurrent_kernel, and, with
+  reset_after=False, (r * h_{t-1}) @ recurrent_kernel) and leaves every
+  other use of h_{t-1} FP32;
 - MultiHeadAttention: query, key and value entering the attention matmuls and
   the attention probabilities entering the second matmul;
 - any Dense/EinsumDense/Conv sublayer of a composite layer (the projections
@@ -23,6 +32,8 @@ Weights are rounded once per call by the Keras-version-specific wrapper.
 
 import contextlib
 import inspect
+import threading
+import warnings
 
 import tensorflow as tf
 
@@ -105,7 +116,8 @@ def rounded_tensors_of(layer, kind):
         CROSS: "inputs (also of the low-rank factor), weights, gradients",
         NORMALIZATION: "inputs, gamma/beta, gradients",
         EMBEDDING: "looked-up rows, their gradients",
-        RECURRENT: "step inputs, h(t-1) at every step, weights, gradients",
+        RECURRENT: "step inputs, h(t-1) at every step (GRU: where it enters a matmul), "
+        "weights, gradients",
         ATTENTION: "projection inputs, q/k/v, attention probs, weights, gradients",
     }.get(kind, "")
 
@@ -194,7 +206,152 @@ def replaced_attribute(obj, name, value):
             object.__delattr__(obj, name)
 
 
+# --- GRU: rounding only the matmul inputs of the real cell code
+#
+# While a hooked GRU cell's call runs, the module-level name that GRUCell.call
+# reaches its matmul through (Keras 3: `ops`, whose `matmul` it calls;
+# tf_keras: `backend`, whose `dot` it calls) is bound to a proxy in that
+# module's globals. The proxy delegates every attribute to the real module;
+# its matmul rounds the first (activation) operand when the calling thread is
+# inside a hooked cell call, and is the plain function otherwise (another
+# thread's or an unwrapped cell's matmuls are untouched). The second operand
+# is a kernel slice, which the wrapper has already rounded. The proxy is
+# bound only while at least one hooked call runs (reference-counted, so
+# nested or concurrent calls, e.g. MirroredStrategy's replica threads,
+# restore the real module exactly once). Because it acts while the cell's
+# Python code runs, it works eagerly, when traced by tf.function or XLA and
+# inside tf.while_loop bodies; the rounding ops it adds are `round_forward`'s
+# custom gradients, as everywhere else.
+
+# (module attribute name in GRUCell.call's globals, matmul function name)
+_GRU_MATMUL_NAMES = (("ops", "matmul"), ("backend", "dot"))
+_gru_hook_lock = threading.Lock()
+_gru_hook_installed = {}  # (id(globals), name) -> [proxy, original, count]
+_gru_hook_thread = threading.local()  # .steps: stack of _GemmInputRounder
+
+
+class _GemmInputRounder:
+    """Rounds the activation operands of one GRU cell step's matmuls.
+
+    A tensor that enters several matmuls of the step (h(t-1) in the
+    per-gate matmuls of implementation=1) is rounded once, so its gradient
+    is rounded once, as where it enters the single fused matmul of
+    implementation=2.
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.matmuls = 0
+        self._rounded = []  # (original, rounded); kept alive so `is` is safe
+
+    def __call__(self, value):
+        self.matmuls += 1
+        if not is_float_tensor(value):
+            return value
+        for original, rounded in self._rounded:
+            if original is value:
+                return rounded
+        rounded = round_forward(value, self.settings, self.settings.input_gradients)
+        self._rounded.append((value, rounded))
+        return rounded
+
+
+class _RoundingMatmulNamespace:
+    """Stands in for a module whose `fn_name` rounds its first operand."""
+
+    def __init__(self, module, fn_name):
+        self._tfbf16_module = module
+        original = getattr(module, fn_name)
+
+        def matmul_with_rounded_input(a, b, *args, **kwargs):
+            steps = getattr(_gru_hook_thread, "steps", None)
+            if steps:
+                a = steps[-1](a)
+            return original(a, b, *args, **kwargs)
+
+        setattr(self, fn_name, matmul_with_rounded_input)
+
+    def __getattr__(self, name):
+        if name == "_tfbf16_module":  # not set yet (e.g. while copying)
+            raise AttributeError(name)
+        return getattr(self._tfbf16_module, name)
+
+
+def _gru_matmul_target(cell):
+    """(globals of GRUCell.call, module name, function name), or None."""
+    for cls in type(cell).__mro__:
+        if cls.__name__ == "GRUCell" and "call" in vars(cls):
+            namespace = getattr(vars(cls)["call"], "__globals__", {})
+            for name, fn_name in _GRU_MATMUL_NAMES:
+                module = namespace.get(name)
+                if isinstance(module, _RoundingMatmulNamespace):
+                    module = module._tfbf16_module
+                if module is not None and callable(getattr(module, fn_name, None)):
+                    return namespace, name, fn_name
+    return None
+
+
+@contextlib.contextmanager
+def _gru_matmul_hook(target, settings):
+    namespace, name, fn_name = target
+    key = (id(namespace), name)
+    with _gru_hook_lock:
+        entry = _gru_hook_installed.get(key)
+        if entry is None:
+            original = namespace[name]
+            entry = [_RoundingMatmulNamespace(original, fn_name), original, 0]
+            _gru_hook_installed[key] = entry
+            namespace[name] = entry[0]
+        entry[2] += 1
+    steps = getattr(_gru_hook_thread, "steps", None)
+    if steps is None:
+        steps = _gru_hook_thread.steps = []
+    rounder = _GemmInputRounder(settings)
+    steps.append(rounder)
+    try:
+        yield rounder
+    finally:
+        steps.pop()
+        with _gru_hook_lock:
+            entry[2] -= 1
+            if entry[2] == 0:
+                namespace[name] = entry[1]
+                del _gru_hook_installed[key]
+
+
+def _round_gru_cell_call(cell, settings, target):
+    call = cell.call
+    warned = []
+
+    def call_with_rounded_matmul_inputs(inputs, states, *args, **kwargs):
+        if not settings.inputs:
+            return call(inputs, states, *args, **kwargs)
+        with _gru_matmul_hook(target, settings) as rounder:
+            outputs = call(inputs, states, *args, **kwargs)
+        if not rounder.matmuls and not warned:
+            warned.append(True)
+            warnings.warn(
+                f"tfbf16: GRU cell {cell.name!r} ({type(cell).__name__}) ran no matmul "
+                f"through {target[1]}.{target[2]}, so its step inputs and h(t-1) stay "
+                "FP32 (its call does not use the GRUCell code that tfbf16 hooks).",
+                stacklevel=2,
+            )
+        return outputs
+
+    return call_with_rounded_matmul_inputs
+
+
 def _round_cell_call(cell, settings):
+    if "GRUCell" in _mro_names(cell):
+        target = _gru_matmul_target(cell)
+        if target is not None:
+            return _round_gru_cell_call(cell, settings, target)
+        warnings.warn(
+            f"tfbf16: cannot find the matmul of GRU cell {cell.name!r} "
+            f"({type(cell).__name__}); rounding its input and h(t-1) for the whole "
+            "step instead (the FP32 interpolation then uses the rounded state).",
+            stacklevel=3,
+        )
     call = cell.call
 
     def call_with_rounded_step(inputs, states, *args, **kwargs):
