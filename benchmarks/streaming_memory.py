@@ -29,9 +29,29 @@ results, every sample) and `streaming_memory.png` (RSS against rows
 consumed, one line per phase); `--update_docs` copies the PNG to
 `docs/streaming_memory.png`.
 
-The default run (50M synthetic rows and a 1 GiB file, the study's DCN: embedding
-8, 2 full-rank cross layers, deep 128-64, FP32, batch 2048) takes about
-30 min on the shared 2-core machine.
+Measured with the defaults (50M synthetic rows and a 1 GiB file, 4,455,453
+lines; the study's DCN: embedding 8, 2 full-rank cross layers, deep 128-64,
+FP32, batch 2048) on the shared 2-core machine at load 3-6: 18.6 min in all
+(synthetic 15.6 min at 53.5k rows/s, writing the file 32 s, file 2.4 min):
+
+    phase        rows        start MiB  end MiB  max MiB  MiB/10M rows  verdict
+    synthetic    50,000,000        786      794      794          +0.5  flat
+    criteo file   4,454,453        830      848      859         +23.4  flat
+
+- Both phases step up ~4.5 MiB on their last batch: the first run of the
+  step traced for the partial batch size (+4.3 MiB on its first call, none
+  after, checked separately). Before it, synthetic rose 3.8 MiB in 49M rows.
+- The file phase's slope is warm-up outlasting its 2% (89k rows, 3 s): +10
+  MiB from 90k to 550k rows, then +3.5 MiB in 3.5M rows. With a 4 GiB file
+  (`--synthetic_rows=0 --criteo_mib=4096`: 17.8M rows, 10.9 min) RSS levels
+  off: 825 MiB after warm-up, 832.0 at 10.7M rows, 832.6 at 17.7M; +4.2
+  MiB / 10M rows, flat. The file phase's max (859 MiB) is in its setup,
+  before the first row.
+- The Criteo split's end of data came 34 s after its last batch (49 s with
+  4 GiB), idle at constant RSS, so its rows/s (31k) undercounts training
+  (41k up to the last batch). Without training, `criteo.read_blocks` with
+  `max_lines` (the held-out tail) also ended 0.7 s (400k lines) to 3.3 s
+  (1.6M lines) after its last block, without `max_lines` at once.
 
 Usage: python -m benchmarks.streaming_memory [--synthetic_rows N]
     [--criteo_mib MIB] [--batch_size B] [--precision fp32|rne|trunc|stochastic|native]
