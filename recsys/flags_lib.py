@@ -14,6 +14,7 @@ study finishes within 10 minutes on 2 CPU cores.
 
 from absl import flags
 
+from recsys import distribute
 from recsys import model as model_lib
 from recsys import trainer
 
@@ -140,17 +141,54 @@ def define_training_flags(flag_values=flags.FLAGS):
                          "(tfbf16.callbacks.PrecisionMonitor; written to "
                          "precision_monitor.json and TensorBoard; 0: off).",
                          lower_bound=0, flag_values=flag_values)
+    flags.DEFINE_bool("memory_check", True,
+                      "Before training, estimate the memory of the model and "
+                      "optimizer state and stop if it cannot fit in this "
+                      "machine's available memory.", flag_values=flag_values)
     flags.DEFINE_bool("tensorboard", _TRAIN.tensorboard,
                       "Write TensorBoard event files (training loss, eval "
                       "metrics, BF16 statistics) into each run directory.",
                       flag_values=flag_values)
 
 
+def define_distribution_flags(flag_values=flags.FLAGS):
+    """Defines --strategy and --tpu."""
+    flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
+                      "tf.distribute strategy: default (one device), mirrored "
+                      "(this machine's devices), multi_worker (the workers of "
+                      "TF_CONFIG, synchronous), parameter_server (TF_CONFIG's "
+                      "chief, workers and ps tasks; tables sharded over the ps), "
+                      "tpu (with --tpu). See the README, 'Running on a cluster'.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("tpu", None,
+                        "With --strategy=tpu: the TPU's gRPC address, Cloud TPU "
+                        "name, or 'local' on a TPU VM. Untested on real TPUs.",
+                        flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["strategy", "tpu"],
+        lambda f: (f["strategy"] == "tpu") == (f["tpu"] is not None),
+        "--tpu goes with --strategy=tpu, and --strategy=tpu needs --tpu (use "
+        "--tpu=local on a TPU VM).", flag_values=flag_values)
+
+
 def define_common_flags(flag_values=flags.FLAGS):
-    """Defines the data, model and training flags."""
+    """Defines the data, model, training and distribution flags."""
     define_data_flags(flag_values)
     define_model_flags(flag_values)
     define_training_flags(flag_values)
+    define_distribution_flags(flag_values)
+
+
+def make_distribution(flag_values=flags.FLAGS):
+    """The `distribute.Distribution` of the parsed --strategy and --tpu."""
+    return distribute.make_distribution(flag_values.strategy, tpu=flag_values.tpu)
+
+
+def default_precision(flag_values=flags.FLAGS, name="precision"):
+    """The compute precision flag's value; "native" on a TPU unless given."""
+    if flag_values.strategy == "tpu" and not flag_values[name].present:
+        return "native"
+    return flag_values[name].value
 
 
 def data_config(flag_values=flags.FLAGS):

@@ -80,6 +80,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsys import flags_lib
+from recsys import memory
 from recsys import precision as precision_lib
 from recsys import stats
 from recsys import trainer
@@ -160,7 +161,8 @@ flags.register_validator("seeds", _validator(check_seeds))
 
 def run_study(data_config, model_config, train_config, *, precisions, seeds,
               output_dir, weights_precisions=("fp32",), update_roundings=None,
-              data_seed=0, threshold=THRESHOLD, verbose=1):
+              data_seed=0, threshold=THRESHOLD, verbose=1, distribution=None,
+              memory_check=True):
     """Trains every (precision, seed) pair and summarizes the comparison.
 
     Args:
@@ -178,6 +180,11 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
         data_seed: the data seed shared by all runs.
         threshold: the practically significant log loss difference.
         verbose: 1 for a progress bar per run.
+        distribution: a `recsys.distribute.Distribution` to train every run
+            under (None: the default strategy); with several workers, each
+            runs this function and the chief writes the outputs.
+        memory_check: estimate the memory of the largest run first and
+            raise `MemoryError` if it cannot fit (`recsys.memory`).
 
     Returns:
         The results dict written to `results.json`: "config", "data",
@@ -197,8 +204,14 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
     seeds = check_seeds(seeds)
     began = time.perf_counter()
     tf.io.gfile.makedirs(output_dir)
-    bundle = trainer.with_cached_eval(data_config.make_bundle(seed=data_seed))
+    bundle = trainer.with_cached_eval(data_config.make_bundle(
+        seed=data_seed, distribution=distribution))
     logging.info("Data: %s", bundle.description)
+    if memory_check:
+        # Kahan's buffer makes a BF16-weights run the largest.
+        largest = max(ordered, key=lambda p: memory.estimate(
+            model_config, bundle.vocab_sizes, p, distribution).per_process_peak_bytes)
+        memory.check_fits(model_config, bundle.vocab_sizes, largest, distribution)
     train_rows = train_config.train_steps * data_config.batch_size
     if train_rows <= MAX_CACHED_TRAIN_ROWS:
         bundle = trainer.with_cached_train(bundle, train_config.train_steps)
@@ -215,7 +228,8 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
             kind = precision_lib.Precision.parse(precision).trainer_kind
             if kind not in trainers:
                 trainers[kind] = trainer.Trainer(
-                    model_config, bundle.vocab_sizes, train_config, precision)
+                    model_config, bundle.vocab_sizes, train_config, precision,
+                    distribution)
             result = trainers[kind].run(
                 bundle, precision=precision, seed=seed, data_seed=data_seed,
                 initial_weights=initial, verbose=verbose,
@@ -240,7 +254,8 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
         "summary": summarize(runs, ordered, seeds, threshold),
         "runtime_seconds": time.perf_counter() - began,
     }
-    write_results(results, output_dir)
+    if distribution is None or distribution.is_chief:
+        write_results(results, output_dir)
     return results
 
 
@@ -499,14 +514,26 @@ def write_results(results, output_dir):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    results = run_study(
-        flags_lib.data_config(), flags_lib.model_config(),
-        flags_lib.train_config(), precisions=FLAGS.precisions,
-        weights_precisions=FLAGS.weights_precision,
-        update_roundings=FLAGS.update_rounding,
-        seeds=FLAGS.seeds, output_dir=FLAGS.output_dir,
-        data_seed=FLAGS.data_seed, threshold=FLAGS.threshold,
-        verbose=int(FLAGS.progress))
+    distribution = flags_lib.make_distribution()
+    logging.info("Distribution: %s", distribution.describe())
+    if distribution.is_server_only:
+        logging.info("Serving the cluster until the job ends.")
+        distribution.server.join()
+        return
+    try:
+        results = run_study(
+            flags_lib.data_config(), flags_lib.model_config(),
+            flags_lib.train_config(), precisions=FLAGS.precisions,
+            weights_precisions=FLAGS.weights_precision,
+            update_roundings=FLAGS.update_rounding,
+            seeds=FLAGS.seeds, output_dir=FLAGS.output_dir,
+            data_seed=FLAGS.data_seed, threshold=FLAGS.threshold,
+            verbose=int(FLAGS.progress and distribution.is_chief),
+            distribution=distribution, memory_check=FLAGS.memory_check)
+    except MemoryError as e:
+        raise SystemExit(f"recsys.study: {e}") from None
+    if not distribution.is_chief:
+        return
     print(format_markdown(results))
     print(f"Written to {FLAGS.output_dir}/: results.json, results.md, study.png")
 

@@ -29,6 +29,7 @@ from absl import flags
 from absl import logging
 
 from recsys import flags_lib
+from recsys import memory
 from recsys import precision as precision_lib
 from recsys import trainer
 
@@ -37,7 +38,8 @@ FLAGS = flags.FLAGS
 flags_lib.define_common_flags()
 flags.DEFINE_enum("precision", "fp32", precision_lib.COMPUTE_PRECISIONS,
                   "Compute precision: fp32, or the tfbf16 rounding of the BF16 "
-                  "emulation (native: real bfloat16 kernels).")
+                  "emulation (native: real bfloat16 kernels; the default with "
+                  "--strategy=tpu).")
 flags.DEFINE_enum("weights_precision", "fp32", precision_lib.WEIGHTS_PRECISIONS,
                   "fp32: FP32 master weights (the paper's setup); bf16: every "
                   "weight is stored as a BF16 value after each update "
@@ -60,15 +62,31 @@ flags.mark_flag_as_required("model_dir")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    bundle = flags_lib.data_config().make_bundle(seed=FLAGS.data_seed)
+    distribution = flags_lib.make_distribution()
+    logging.info("Distribution: %s", distribution.describe())
+    if distribution.is_server_only:
+        logging.info("Serving the cluster until the job ends.")
+        distribution.server.join()
+        return
+    bundle = flags_lib.data_config().make_bundle(seed=FLAGS.data_seed,
+                                                 distribution=distribution)
     logging.info("Data: %s", bundle.description)
-    precision = precision_lib.Precision(FLAGS.precision, FLAGS.weights_precision,
-                                        FLAGS.update_rounding)
+    precision = precision_lib.Precision(flags_lib.default_precision(),
+                                        FLAGS.weights_precision, FLAGS.update_rounding)
     logging.info("Precision %s: %s", precision.name, precision.describe())
+    if FLAGS.memory_check:
+        try:
+            memory.check_fits(flags_lib.model_config(), bundle.vocab_sizes, precision,
+                              distribution)
+        except MemoryError as e:
+            raise SystemExit(f"recsys.train: {e}") from None
     result = trainer.run(
         bundle, flags_lib.model_config(), flags_lib.train_config(),
         precision=precision, seed=FLAGS.seed, model_dir=FLAGS.model_dir,
-        data_seed=FLAGS.data_seed)
+        data_seed=FLAGS.data_seed, distribution=distribution,
+        verbose=int(distribution.is_chief))
+    if not distribution.is_chief:
+        return
     final = result["final"]
     print(f"{precision.name} seed {FLAGS.seed}, {result['steps']} steps: "
           f"eval log loss {final['log_loss']:.6f}, AUC {final['auc']:.5f}, "

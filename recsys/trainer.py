@@ -34,6 +34,7 @@ Example:
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -75,11 +76,21 @@ class DataConfig:
     num_buckets: int = None
     vocab_scale: float = 0.1
 
-    def make_bundle(self, seed=0):
+    def make_bundle(self, seed=0, distribution=None):
         """Builds the `DataBundle` of data seed `seed`.
 
         The seed picks the synthetic stream (its ground truth and rows); file
         sources are read in file order whatever the seed.
+
+        Args:
+            seed: the data seed.
+            distribution: a `recsys.distribute.Distribution`; with several
+                input pipelines (multi-worker), the bundle's training rows
+                are this worker's shard (`batch_size` is the global batch
+                size, split evenly between the workers).
+
+        Raises:
+            ValueError: if the global batch size does not split evenly.
         """
         from recsys.data import make_datasets  # the data layer
         kwargs = {}
@@ -87,9 +98,19 @@ class DataConfig:
             kwargs["vocab_scale"] = self.vocab_scale
         if self.source == "criteo" and self.num_buckets is not None:
             kwargs["num_buckets"] = self.num_buckets
+        shards, index = 1, 0
+        if distribution is not None and not distribution.uses_coordinator:
+            shards, index = (distribution.num_input_pipelines,
+                             distribution.input_pipeline_index)
+            if self.batch_size % distribution.num_replicas:
+                raise ValueError(
+                    f"--batch_size={self.batch_size} (the global batch) does not "
+                    f"split evenly over {distribution.num_replicas} replicas; "
+                    "choose a multiple.")
         return make_datasets(self.source, data_path=self.data_path,
-                             batch_size=self.batch_size, seed=seed,
-                             eval_rows=self.eval_rows, **kwargs)
+                             batch_size=self.batch_size // shards, seed=seed,
+                             eval_rows=self.eval_rows, num_shards=shards,
+                             shard_index=index, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,33 +231,82 @@ def write_scalars(writer, step, values):
     writer.flush()
 
 
-def make_train_step(model, optimizer, jit_compile=False, step_counter=None):
+# Under several replicas, embedding gradients (tf.IndexedSlices) of tables of
+# at most this many bytes are all-reduced as dense tensors, which the
+# strategy packs into few all-reduces; larger tables' are all-gathered as
+# sparse slices, one collective per table. Measured with 2 workers on this
+# machine (26 small tables): 13-25 ms per step dense, 174-580 ms sparse.
+DENSE_ALLREDUCE_BYTES = 4 << 20
+
+
+def make_train_step(model, optimizer, *, strategy=None, jit_compile=False,
+                    step_counter=None, dense_allreduce_bytes=DENSE_ALLREDUCE_BYTES):
     """A compiled training step for a logit model.
 
+    Each replica's loss is the sum of its per-example losses over the global
+    batch size (its batch size times the replicas in sync: the replicas get
+    equal batches), so that the all-reduced gradient is the gradient of the
+    global batch mean.
+
     Args:
-        model: a Keras model mapping features to logits.
+        model: a Keras model mapping features to logits (built under
+            `strategy.scope()`).
         optimizer: a Keras optimizer (built or not).
-        jit_compile: compile the step with XLA.
+        strategy: the `tf.distribute.Strategy` (None: the current one).
+        jit_compile: compile each replica's step with XLA.
         step_counter: optional int64 `tf.Variable` incremented by each step.
+        dense_allreduce_bytes: with several replicas, the sparse gradients
+            of variables up to this size are densified before the
+            all-reduce (see `DENSE_ALLREDUCE_BYTES`).
 
     Returns:
-        A `tf.function` `(features, labels) -> loss` that applies one update
-        of the mean binary cross-entropy computed from FP32 logits.
+        A `tf.function` `(features, labels) -> loss` (per-replica values
+        under a multi-replica strategy) that applies one update of the mean
+        binary cross-entropy computed from FP32 logits, and returns that
+        mean over the global batch.
     """
-    loss_fn = tf.keras.losses.BinaryCrossentropy(from_logits=True)
+    strategy = strategy or tf.distribute.get_strategy()
+    loss_fn = tf.keras.losses.BinaryCrossentropy(
+        from_logits=True, reduction=tf.keras.losses.Reduction.NONE)
     variables = model.trainable_variables
+    densify = [strategy.num_replicas_in_sync > 1 and
+               v.shape.num_elements() * v.dtype.size <= dense_allreduce_bytes
+               for v in variables]
 
-    def train_step(features, labels):
+    def replica_step(features, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(features, training=True), tf.float32)
-            loss = loss_fn(labels, logits)
+            per_example = loss_fn(labels[:, tf.newaxis], logits[:, tf.newaxis])
+            loss = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(loss, variables)
+        grads = [tf.convert_to_tensor(g) if dense and isinstance(g, tf.IndexedSlices)
+                 else g for g, dense in zip(grads, densify)]
         optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    if jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    def train_step(features, labels):
+        losses = strategy.run(replica_step, args=(features, labels))
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
         if step_counter is not None:
             step_counter.assign_add(1)
         return loss
 
-    return tf.function(train_step, jit_compile=jit_compile)
+    return tf.function(train_step)
+
+
+def weights_fingerprint(model):
+    """SHA-256 (hex) of a model's weights, in order, as float bytes.
+
+    Equal on every worker of a synchronous multi-worker run; a cheap check
+    that replicas stayed in sync, and that two runs ended bit-identical.
+    """
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(weight.tobytes())
+    return digest.hexdigest()
 
 
 def _write_json(path, value):
@@ -268,6 +338,7 @@ def run_identity(bundle, model_config, train_config, precision, seed,
     return {
         "schedule": schedule,
         "data": str(bundle.description),
+        "global_batch_size": bundle.global_batch_size,
         "data_seed": int(data_seed),
         "model": json.loads(json.dumps(dataclasses.asdict(model_config))),
         "learning_rate": float(train_config.learning_rate),
@@ -277,12 +348,14 @@ def run_identity(bundle, model_config, train_config, precision, seed,
     }
 
 
-def _check_run_dir(model_dir, identity):
-    tf.io.gfile.makedirs(model_dir)
+def _check_run_dir(model_dir, identity, is_chief=True):
     path = os.path.join(model_dir, _RUN_CONFIG)
+    if is_chief:
+        tf.io.gfile.makedirs(model_dir)
     existing = _read_json(path)
     if existing is None:
-        _write_json(path, identity)
+        if is_chief:
+            _write_json(path, identity)
     elif existing != identity:
         changed = sorted(k for k in set(existing) | set(identity)
                          if existing.get(k) != identity.get(k))
@@ -294,14 +367,16 @@ def _check_run_dir(model_dir, identity):
 
 
 def run(bundle, model_config, train_config, *, precision, seed, model_dir,
-        data_seed=0, initial_weights=None, callbacks=(), verbose=1):
+        data_seed=0, initial_weights=None, callbacks=(), verbose=1,
+        distribution=None):
     """Trains and evaluates one run; resumes from `model_dir` if possible.
 
     A shortcut for `Trainer(model_config, bundle.vocab_sizes, train_config,
-    precision).run(bundle, ...)`; see `Trainer.run` for the arguments and
-    the result.
+    precision, distribution).run(bundle, ...)`; see `Trainer.run` for the
+    arguments and the result.
     """
-    return Trainer(model_config, bundle.vocab_sizes, train_config, precision).run(
+    return Trainer(model_config, bundle.vocab_sizes, train_config, precision,
+                   distribution).run(
         bundle, precision=precision, seed=seed, model_dir=model_dir,
         data_seed=data_seed, initial_weights=initial_weights,
         callbacks=callbacks, verbose=verbose)
@@ -327,6 +402,13 @@ class Trainer:
             `Precision.trainer_kind`: the same weights precision and update
             rounding, and "fp32" compute (the plain model), the emulated
             roundings (one wrapped model), or "native".
+        distribution: a `recsys.distribute.Distribution` (None: the default
+            strategy); the model, optimizer and steps are built in its
+            scope, and `run` then needs a bundle made for it
+            (`DataConfig.make_bundle(distribution=...)`).
+
+    Raises:
+        ValueError: for settings the strategy does not support.
 
     Example:
 
@@ -335,21 +417,28 @@ class Trainer:
     >>> trunc = emulated.run(bundle, precision="trunc", seed=0, model_dir="/tmp/t")
     """
 
-    def __init__(self, model_config, vocab_sizes, train_config, precision):
+    def __init__(self, model_config, vocab_sizes, train_config, precision,
+                 distribution=None):
         precision = Precision.parse(precision)
+        if distribution is None:
+            from recsys import distribute
+            distribution = distribute.make_distribution("default")
+        _check_supported(precision, train_config, distribution)
         self.model_config = model_config
         self.train_config = train_config
         self.vocab_sizes = list(vocab_sizes)
         self.kind = precision.trainer_kind
-        self.fp32_model = model_config.build(self.vocab_sizes)
-        self.model = precision.apply(self.fp32_model)
-        self.optimizer = precision.optimizer(tf.keras.optimizers.Adam(
-            learning_rate=learning_rate_of(train_config)))
-        self.optimizer.build(self.model.trainable_variables)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.train_step = make_train_step(self.model, self.optimizer,
-                                          jit_compile=train_config.jit_compile,
-                                          step_counter=self.step)
+        self.distribution = distribution
+        with distribution.strategy.scope():
+            self.fp32_model = model_config.build(self.vocab_sizes)
+            self.model = precision.apply(self.fp32_model)
+            self.optimizer = precision.optimizer(tf.keras.optimizers.Adam(
+                learning_rate=learning_rate_of(train_config)))
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.train_step = make_train_step(
+            self.model, self.optimizer, strategy=distribution.strategy,
+            jit_compile=train_config.jit_compile, step_counter=self.step)
         # PrecisionMonitor measures emulated layers; the plain FP32 and the
         # native model have none.
         self.monitored = bool(train_config.monitor_every
@@ -427,8 +516,10 @@ class Trainer:
         """
         precision = Precision.parse(precision)
         tc = self.train_config
+        _check_bundle(bundle, self.distribution)
         _check_run_dir(model_dir, run_identity(
-            bundle, self.model_config, tc, precision, seed, data_seed))
+            bundle, self.model_config, tc, precision, seed, data_seed),
+            self.distribution.is_chief)
         done = _read_json(os.path.join(model_dir, _RESULT))
         if done is not None and done["steps"] == tc.train_steps:
             logging.info("%s seed %d: already complete in %s.", precision.name,
@@ -443,6 +534,44 @@ class Trainer:
                     verbose).execute()
 
 
+def _check_supported(precision, train_config, distribution):
+    """Raises ValueError for what a strategy cannot run, saying what to change."""
+    if distribution.is_server_only:
+        raise ValueError(f"This process is a {distribution.task_type} task of a "
+                         "parameter-server cluster: it serves, it does not train.")
+    multi = distribution.num_replicas > 1 or distribution.uses_coordinator
+    if multi and precision.weights == "bf16":
+        raise ValueError(
+            f"BF16 weights ({precision.name}) are not supported under the "
+            f"{distribution.name} strategy with {distribution.num_replicas} "
+            "replicas (tfbf16.optimizers.BF16Weights is single-replica); use "
+            "--weights_precision=fp32 or --strategy=default.")
+    if multi and train_config.monitor_every:
+        raise ValueError(
+            "--monitor_every (tfbf16.callbacks.PrecisionMonitor) is not supported "
+            f"under the {distribution.name} strategy with several replicas; set "
+            "--monitor_every=0 or use --strategy=default.")
+    if (distribution.name == "multi_worker" and train_config.jit_compile
+            and not tf.config.list_physical_devices("GPU")):
+        raise ValueError(
+            "--jit_compile with --strategy=multi_worker needs GPUs: XLA does not "
+            "compile the all-reduce on CPUs (TensorFlow: 'Collectives are not yet "
+            "implemented for CPU devices when compiling with XLA'); drop --jit_compile.")
+
+
+def _check_bundle(bundle, distribution):
+    """Raises ValueError if `bundle` was not made for `distribution`."""
+    shards = bundle.shard.count if bundle.shard is not None else 1
+    index = bundle.shard.index if bundle.shard is not None else 0
+    wanted = (1, 0) if distribution.uses_coordinator else (
+        distribution.num_input_pipelines, distribution.input_pipeline_index)
+    if (shards, index) != wanted:
+        raise ValueError(
+            f"The data bundle is shard {index} of {shards}, but this process is "
+            f"input pipeline {wanted[1]} of {wanted[0]} of the {distribution.name} "
+            "strategy: make it with DataConfig.make_bundle(distribution=...).")
+
+
 class _Run:
     """The loop of one `Trainer.run` call."""
 
@@ -450,18 +579,24 @@ class _Run:
                  verbose):
         self.trainer, self.bundle, self.tc = trainer, bundle, trainer.train_config
         self.precision, self.seed, self.model_dir = precision.name, seed, model_dir
-        self.verbose = verbose
+        self.distribution = trainer.distribution
+        self.is_chief = self.distribution.is_chief
+        self.verbose = verbose if self.is_chief else 0
         callbacks = list(callbacks)
         self.monitor = trainer.monitor(model_dir)
         if self.monitor is not None:
             callbacks.append(self.monitor)
         self.callbacks = tf.keras.callbacks.CallbackList(callbacks,
                                                          model=trainer.model)
-        checkpoint = tf.train.Checkpoint(model=trainer.model,
-                                         optimizer=trainer.optimizer,
-                                         step=trainer.step)
+        self.checkpoint = tf.train.Checkpoint(model=trainer.model,
+                                              optimizer=trainer.optimizer,
+                                              step=trainer.step)
+        # Every worker saves (multi-worker saving is collective); only the
+        # chief's copy, in `checkpoint_dir`, is kept and restored from.
+        self.checkpoint_dir = os.path.join(model_dir, "checkpoints")
         self.manager = tf.train.CheckpointManager(
-            checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
+            self.checkpoint, self.distribution.write_dir(self.checkpoint_dir),
+            max_to_keep=2)
 
     def _path(self, name):
         return os.path.join(self.model_dir, name)
@@ -476,19 +611,46 @@ class _Run:
                                          ("log_loss", "auc", "calibration")})
 
     def _writer(self, name):
-        if not self.tc.tensorboard:
+        if not self.tc.tensorboard or not self.is_chief:
             return None
         return tf.summary.create_file_writer(self._path(name))
 
     def _save(self, history, monitor_records):
         self.manager.save(checkpoint_number=self.trainer.step)
+        self.distribution.remove_write_dir(self.checkpoint_dir)
+        if not self.is_chief:
+            return
         _write_json(self._path(_HISTORY), history)
         if self.monitor is not None:
             _write_json(self._path(_MONITOR), monitor_records + self.monitor.records)
 
+    def _restore(self):
+        """Restores the chief's latest checkpoint; returns its path or None."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest is not None:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return latest
+
+    def _training_batches(self, start):
+        """The batches of steps `start + 1 ..`, distributed to the replicas."""
+        tc = self.tc
+        # The stream is deterministic: skip the batches already trained on.
+        # File sources are one epoch long: repeat them for more steps.
+        batches = (self.bundle.train.repeat().skip(start)
+                   .take(tc.train_steps - start))
+        strategy = self.distribution.strategy
+        if strategy.num_replicas_in_sync == 1:
+            return batches
+        # Each input pipeline's batch is split between its replicas.
+        replicas_per_pipeline = (strategy.num_replicas_in_sync
+                                 // self.distribution.num_input_pipelines)
+        rows = self.bundle.train.element_spec[1].shape[0] // replicas_per_pipeline
+        return strategy.distribute_datasets_from_function(
+            lambda context: batches.rebatch(rows, drop_remainder=True))
+
     def execute(self):
         tc, trainer = self.tc, self.trainer
-        restored = self.manager.restore_or_initialize()
+        restored = self._restore()
         start = int(trainer.step.numpy())
         history = [h for h in (_read_json(self._path(_HISTORY)) or [])
                    if h["step"] <= start]
@@ -514,18 +676,14 @@ class _Run:
                    if self.verbose else None)
         if progbar is not None and start:
             progbar.update(start)
-        # The stream is deterministic: skip the batches already trained on.
-        # File sources are one epoch long: repeat them for more steps.
-        batches = (self.bundle.train.repeat().skip(start)
-                   .take(tc.train_steps - start))
+        batches = self._training_batches(start)
         self.callbacks.on_train_begin()
-        window, step, batch_size = [], start, None
+        window, step, batch_size = [], start, self.bundle.global_batch_size
         began = time.perf_counter()
         for features, labels in batches:
             self.callbacks.on_train_batch_begin(step + 1)
             loss = trainer.train_step(features, labels)
             step += 1
-            batch_size = int(labels.shape[0])
             window.append(loss)
             self.callbacks.on_train_batch_end(step, {"loss": loss})
             if step % tc.log_every == 0 or step == tc.train_steps:
@@ -546,7 +704,8 @@ class _Run:
                 f"The training data ran out after {step} of {tc.train_steps} "
                 "steps.")
         self.callbacks.on_train_end()
-        self._save(history, monitor_records)
+        if step % tc.checkpoint_every or step == start:
+            self._save(history, monitor_records)
 
         final = self._evaluate(None)
         self._log_eval(eval_writer, step, final, prefix="final_")
@@ -561,9 +720,16 @@ class _Run:
             "train_seconds": seconds,
             "examples_per_second": (trained * batch_size / seconds
                                     if trained else None),
+            "weights_sha256": weights_fingerprint(trainer.fp32_model),
             "loaded": False,
         }
-        _write_json(self._path(_RESULT), result)
+        logging.info("%s seed %d: final weights sha256 %s (%s)", self.precision,
+                     self.seed, result["weights_sha256"],
+                     self.distribution.describe())
+        if self.is_chief:
+            _write_json(self._path(_RESULT), result)
+        # No worker leaves (and maybe exits) while another is still working.
+        self.distribution.barrier()
         logging.info("%s seed %d: eval log loss %.6f, AUC %.5f, calibration "
                      "%.4f after %d steps", self.precision, self.seed,
                      final["log_loss"], final["auc"], final["calibration"], step)

@@ -208,13 +208,17 @@ class SyntheticCriteo:
             [BLOCK_ROWS], tf.random.experimental.stateless_fold_in(key, 7))
         return features, tf.cast(u < tf.sigmoid(z), tf.float32), z
 
-    def blocks(self, split, num_rows=None, with_logits=False):
+    def blocks(self, split, num_rows=None, with_logits=False, keep_block=None):
         """The rows of a split, as a dataset of blocks.
 
         Args:
             split: "train" or "eval" (disjoint key spaces).
             num_rows: number of rows, or None for an endless stream.
             with_logits: also yield the ground-truth logits of each row.
+            keep_block: optional predicate on the int64 block index (a
+                traceable function returning a bool tensor): only the blocks
+                it keeps are generated (each block is generated from its
+                index alone, so the others cost nothing).
 
         Returns:
             A `tf.data.Dataset` of `(features, label)` (or `(features, label,
@@ -230,6 +234,8 @@ class SyntheticCriteo:
                 raise ValueError(f"num_rows must be >= 1 or None, got {num_rows}.")
             indices = tf.data.Dataset.range(math.ceil(num_rows / BLOCK_ROWS))
 
+        if keep_block is not None:
+            indices = indices.filter(keep_block)
         code = tf.constant(_SPLITS[split], tf.int64)
 
         def make(block):

@@ -221,13 +221,15 @@ def read_metadata(output_dir):
     return metadata
 
 
-def read_blocks(output_dir, split, max_rows=None):
+def read_blocks(output_dir, split, max_rows=None, shard=None):
     """Rows of one split of a prepared directory, as a dataset of blocks.
 
     Args:
         output_dir: the prepared directory.
         split: "train" or "eval".
         max_rows: read at most this many leading rows, or None for all.
+        shard: optional `recsys.data.Shard`: decode only its rows (the
+            serialized records are sliced before decoding).
 
     Returns:
         A `tf.data.Dataset` of `(features, label)` blocks, in written order.
@@ -236,23 +238,27 @@ def read_blocks(output_dir, split, max_rows=None):
                                       buffer_size=_READ_BUFFER)
     if max_rows is not None:
         records = records.take(max_rows)
+    if shard is not None:
+        records = shard.slice_batches(
+            records.batch(shard.global_rows, drop_remainder=True)).unbatch()
     return records.batch(_DECODE_CHUNK).map(
         decode_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def make_splits(output_dir, *, train_rows=None, eval_rows=None):
+def make_splits(output_dir, *, train_rows=None, eval_rows=None, shard=None):
     """Train and eval blocks of a prepared directory.
 
     Args:
         output_dir: the prepared directory.
         train_rows: at most this many leading train rows, or None for all.
         eval_rows: at most this many leading eval rows, or None for all.
+        shard: optional `recsys.data.Shard` of the train rows.
 
     Returns:
         `(train_blocks, eval_blocks, vocab_sizes, description)`.
     """
     metadata = read_metadata(output_dir)
-    train = read_blocks(output_dir, "train", train_rows)
+    train = read_blocks(output_dir, "train", train_rows, shard)
     eval_ = read_blocks(output_dir, "eval", eval_rows)
     rows = metadata["rows"]
     description = (f"TFRecords in {output_dir} ({rows['train']:,} train / "

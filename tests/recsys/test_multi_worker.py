@@ -1,0 +1,213 @@
+"""Multi-worker training: two `recsys.train` worker processes on 127.0.0.1.
+
+Each test starts two real worker processes with `TF_CONFIG` on free ports
+and `--strategy=multi_worker` (MultiWorkerMirroredStrategy), and checks that
+both end with identical weights (the same SHA-256 of their final weights)
+and that the chief's checkpoint matches a single-process run with the same
+global batch to within FP32 reduction noise. Every process a test starts is
+ended by it.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recsys import study
+from recsys import trainer
+from recsys.precision import Precision
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SAMPLE = os.path.join(os.path.dirname(REPO), "shared", "data", "criteo_kaggle_sample.tsv")
+
+MODEL = trainer.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
+MODEL_FLAGS = ["--embedding_dim=4", "--num_cross_layers=1", "--deep_layers=8"]
+DATA = {
+    "synthetic": (trainer.DataConfig(batch_size=64, eval_rows=512, vocab_scale=0.01),
+                  ["--batch_size=64", "--eval_rows=512", "--vocab_scale=0.01"]),
+    "criteo": (trainer.DataConfig(source="criteo", data_path=SAMPLE, batch_size=32,
+                                  eval_rows=40, num_buckets=1000),
+               ["--data=criteo", f"--data_path={SAMPLE}", "--batch_size=32",
+                "--eval_rows=40", "--num_buckets=1000"]),
+}
+FINGERPRINT = re.compile(r"final weights sha256 ([0-9a-f]{64})")
+# (The killed-and-restarted 100-step run: measured 5e-7.)
+# How far the multi-worker weights may be from the single-process ones after
+# 4 steps: the all-reduce sums the two halves of each batch gradient in
+# another order (and densifies the small embedding gradients), so FP32
+# results differ in the last bits (measured: 4e-8 to 9e-8, weights ~0.1);
+# BF16 rounding can turn such a difference into one BF16 ulp of an
+# activation now and then (measured 4e-8 and 6e-8: it did not here).
+TOLERANCE = {"fp32": 1e-6, "rne": 1e-5}
+
+
+def _free_ports(count):
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Workers:
+    """Two `recsys.train` workers of one cluster; logs in files."""
+
+    def __init__(self, tmp_path, args, name="job", program="recsys.train"):
+        ports = _free_ports(2)
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+        self.logs = [tmp_path / f"{name}_worker{i}.log" for i in range(2)]
+        self.processes = []
+        for index, log in enumerate(self.logs):
+            env = dict(os.environ, TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            with open(log, "w") as out:
+                self.processes.append(subprocess.Popen(
+                    [sys.executable, "-m", program, "--strategy=multi_worker",
+                     *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+
+    def wait(self, timeout=240):
+        deadline = time.monotonic() + timeout
+        try:
+            for process in self.processes:
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            self.kill()
+        return [p.returncode for p in self.processes]
+
+    def kill(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    def output(self, index):
+        return self.logs[index].read_text()
+
+    def fingerprints(self):
+        return [FINGERPRINT.findall(self.output(i)) for i in range(2)]
+
+
+def _checkpoint_weights(model_dir, vocab_sizes, precision):
+    model = MODEL.build(vocab_sizes)
+    checkpoint = tf.train.Checkpoint(model=Precision.parse(precision).apply(model))
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    return model.get_weights()
+
+
+def _single_process(tmp_path, source, precision, train_config):
+    """A single-process run with the same global batch."""
+    data_config, _ = DATA[source]
+    bundle = data_config.make_bundle(seed=0)
+    result = trainer.run(bundle, MODEL, train_config, precision=precision, seed=0,
+                         model_dir=str(tmp_path / "single"), verbose=0)
+    return bundle, result
+
+
+def _assert_close_weights(actual, expected, tolerance, what=""):
+    worst = max(float(np.max(np.abs(a - e))) for a, e in zip(actual, expected))
+    print(f"{what}: max |multi-worker - single-process weight| = {worst:g}")
+    assert worst <= tolerance, f"{what}: max |multi-worker - single-process| = {worst:g}"
+
+
+@pytest.mark.parametrize("source, precisions", [
+    ("synthetic", ["fp32", "rne"]),
+    # The emulated rounding under all-reduce does not depend on the source;
+    # one emulated run (~30 s here, tracing the wrapped model) is enough.
+    ("criteo", ["fp32"]),
+])
+def test_two_workers_match_one_process(tmp_path, source, precisions):
+    # One multi-worker study trains each precision in turn.
+    steps = 4
+    config = trainer.TrainConfig(train_steps=steps, eval_every=2, eval_steps=1,
+                                 checkpoint_every=2, log_every=2)
+    output_dir = tmp_path / "multi"
+    workers = Workers(tmp_path, [f"--output_dir={output_dir}",
+                                 f"--precisions={','.join(precisions)}",
+                                 "--seeds=0", f"--train_steps={steps}", "--eval_every=2",
+                                 "--eval_steps=1", "--checkpoint_every=2",
+                                 "--log_every=2", *MODEL_FLAGS, *DATA[source][1]],
+                      program="recsys.study")
+    codes = workers.wait()
+    assert codes == [0, 0], workers.output(0)[-3000:] + workers.output(1)[-3000:]
+    assert "shard 1 of 2" in workers.output(1)
+    with open(output_dir / "results.json") as f:
+        results = json.load(f)  # written by the chief only
+
+    # Both workers end every run with bit-identical weights.
+    chief, other = workers.fingerprints()
+    assert len(chief) == len(precisions) and chief == other
+
+    data_config, _ = DATA[source]
+    single = study.run_study(data_config, MODEL, config, precisions=precisions,
+                             seeds=[0], output_dir=str(tmp_path / "single"), verbose=0)
+    vocab_sizes = data_config.make_bundle(seed=0).vocab_sizes
+    for precision, fingerprint in zip(precisions, chief):
+        run_dir = os.path.join("runs", f"{precision}_seed0")
+        with open(output_dir / run_dir / "result.json") as f:
+            result = json.load(f)
+        assert result["weights_sha256"] == fingerprint
+        assert result["steps"] == steps and result["precision"] == precision
+        # The chief's checkpoints are kept; the other worker's copies removed.
+        assert sorted(os.listdir(output_dir / run_dir / "checkpoints")) == sorted(
+            ["checkpoint"] + [f"ckpt-{s}.{ext}" for s in (2, 4)
+                              for ext in ("index", "data-00000-of-00001")])
+        _assert_close_weights(
+            _checkpoint_weights(str(output_dir / run_dir), vocab_sizes, precision),
+            _checkpoint_weights(str(tmp_path / "single" / run_dir), vocab_sizes, precision),
+            TOLERANCE[precision], f"{source} {precision}")
+        multi_run, = [r for r in results["runs"] if r["precision"] == precision]
+        single_run, = [r for r in single["runs"] if r["precision"] == precision]
+        assert multi_run["count"] == single_run["count"]
+        assert multi_run["log_loss"] == pytest.approx(single_run["log_loss"], abs=1e-5)
+
+
+def test_killed_job_restarts_from_the_chiefs_last_checkpoint(tmp_path):
+    steps, every = 100, 10
+    model_dir = tmp_path / "multi"
+    args = [f"--model_dir={model_dir}", f"--train_steps={steps}",
+            f"--checkpoint_every={every}", "--eval_every=0", "--log_every=10",
+            "--lr_schedule=constant", *MODEL_FLAGS, *DATA["synthetic"][1]]
+    checkpoints = model_dir / "checkpoints"
+    first = Workers(tmp_path, args, "first")
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            latest = tf.train.latest_checkpoint(str(checkpoints))
+            if latest and int(latest.rsplit("-", 1)[1]) >= 2 * every:
+                break
+            assert all(p.poll() is None for p in first.processes), first.output(0)[-3000:]
+            time.sleep(0.05)
+    finally:
+        first.kill()  # SIGKILL, both workers: the job died mid-run
+    assert not (model_dir / "result.json").exists(), "the job ended before it was killed"
+
+    second = Workers(tmp_path, args, "second")
+    assert second.wait() == [0, 0], second.output(0)[-3000:] + second.output(1)[-3000:]
+    with open(model_dir / "result.json") as f:
+        result = json.load(f)
+    assert result["resumed_from"] >= 2 * every and result["resumed_from"] % every == 0
+    assert result["steps"] == steps
+    chief, other = second.fingerprints()
+    assert chief == other == [result["weights_sha256"]]
+
+    config = trainer.TrainConfig(train_steps=steps, eval_every=0, checkpoint_every=steps,
+                                 lr_schedule="constant")
+    bundle, single = _single_process(tmp_path, "synthetic", "fp32", config)
+    _assert_close_weights(_checkpoint_weights(str(model_dir), bundle.vocab_sizes, "fp32"),
+                          _checkpoint_weights(str(tmp_path / "single"), bundle.vocab_sizes,
+                                              "fp32"),
+                          1e-5, "killed and restarted, fp32")
+    assert result["final"]["log_loss"] == pytest.approx(single["final"]["log_loss"], abs=1e-5)
