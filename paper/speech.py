@@ -25,12 +25,11 @@ characters is reported too. FLAC needs the `soundfile` package; without it,
 convert the audio to WAV beside the FLAC files (same name, `.wav`).
 
 The model uses no Keras mask: padding frames are zeros and the CTC loss and
-the decoding use each utterance's true length. A known tfbf16 bug applies
-here: a wrapped GRU rounds h(t-1) before the whole cell step, so the FP32
-state interpolation z * h(t-1) + (1 - z) * h~ also uses the rounded state
-(only the recurrent matmul's input should be rounded); the BF16 GRU runs
-therefore keep their hidden state in BF16, a harsher emulation than the
-paper's.
+the decoding use each utterance's true length. A wrapped GRU rounds only the
+inputs of its matmuls (x(t) and h(t-1) as they enter the kernels); the state
+interpolation z * h(t-1) + (1 - z) * h~ stays FP32, as in the paper. (Before
+the fix of 2026-12-01, h(t-1) was rounded for the whole cell step; the
+README's table was measured then.)
 """
 
 import dataclasses

@@ -74,6 +74,7 @@ class Distribution:
         input_pipeline_index: this process's shard (0 when it reads all).
         server: the `tf.distribute.Server` of a "worker"/"ps" task of a
             parameter-server cluster (which only serves), else None.
+        num_parameter_servers: the "ps" tasks of a parameter-server cluster.
     """
 
     name: str
@@ -84,6 +85,7 @@ class Distribution:
     num_input_pipelines: int = 1
     input_pipeline_index: int = 0
     server: Optional[object] = None
+    num_parameter_servers: int = 0
 
     @property
     def num_replicas(self):
@@ -135,7 +137,10 @@ class Distribution:
         if self.task_type is not None:
             text += f"; this task: {self.task_type} {self.task_id}"
             text += " (chief)" if self.is_chief else ""
-        if self.num_input_pipelines > 1:
+        if self.uses_coordinator:
+            text += (f"; {self.num_input_pipelines} workers, "
+                     f"{self.num_parameter_servers} parameter servers")
+        elif self.num_input_pipelines > 1:
             text += (f"; training data shard {self.input_pipeline_index} of "
                      f"{self.num_input_pipelines}")
         return text
@@ -169,7 +174,7 @@ def read_tf_config():
     return config
 
 
-def make_distribution(name, *, tpu=None):
+def make_distribution(name, *, tpu=None, min_shard_bytes=MIN_SHARD_BYTES):
     """Builds the strategy `name` and finds this process's role.
 
     Must be called before any other TensorFlow operation of the process
@@ -178,6 +183,9 @@ def make_distribution(name, *, tpu=None):
     Args:
         name: one of `STRATEGIES`.
         tpu: for "tpu": the TPU's address or name ("local" on a TPU VM).
+        min_shard_bytes: for "parameter_server": variables larger than this
+            are split into shards of at least this many bytes, at most one
+            per parameter server.
 
     Returns:
         A `Distribution`.
@@ -202,7 +210,7 @@ def make_distribution(name, *, tpu=None):
     if name == "multi_worker":
         return _multi_worker(config)
     if name == "parameter_server":
-        return _parameter_server(config)
+        return _parameter_server(config, min_shard_bytes)
     return _tpu(tpu)
 
 
@@ -221,7 +229,7 @@ def _multi_worker(config):
                         num_input_pipelines=len(tasks), input_pipeline_index=index)
 
 
-def _parameter_server(config):
+def _parameter_server(config, min_shard_bytes):
     cluster = (config or {}).get("cluster", {})
     if not {"chief", "worker", "ps"} <= set(cluster):
         raise ValueError("--strategy=parameter_server needs TF_CONFIG with 'chief', "
@@ -238,10 +246,26 @@ def _parameter_server(config):
                             task_id, is_chief=False, server=server)
     num_ps = len(cluster["ps"])
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-        min_shard_bytes=MIN_SHARD_BYTES, max_shards=num_ps)
+        min_shard_bytes=min_shard_bytes, max_shards=num_ps)
     strategy = tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
     return Distribution("parameter_server", strategy, task_type, task_id, is_chief=True,
-                        num_input_pipelines=len(cluster["worker"]))
+                        num_input_pipelines=len(cluster["worker"]),
+                        num_parameter_servers=num_ps)
+
+
+def sharded_variables(model):
+    """`[(name, shapes, devices)]` of the model's variables that are split
+    into shards (over parameter servers)."""
+    found, seen = [], set()
+    for module in model.submodules:
+        for value in vars(module).values():
+            if (isinstance(value, tf.__internal__.distribute.ShardedVariable)
+                    and id(value) not in seen):
+                seen.add(id(value))
+                name = value.variables[0].name.rsplit("/part_", 1)[0]
+                found.append((name, [tuple(v.shape) for v in value.variables],
+                              [v.device for v in value.variables]))
+    return found
 
 
 def _tpu(tpu):

@@ -160,6 +160,11 @@ def define_distribution_flags(flag_values=flags.FLAGS):
                       "chief, workers and ps tasks; tables sharded over the ps), "
                       "tpu (with --tpu). See the README, 'Running on a cluster'.",
                       flag_values=flag_values)
+    flags.DEFINE_integer("ps_min_shard_bytes", distribute.MIN_SHARD_BYTES,
+                         "With --strategy=parameter_server: variables (embedding "
+                         "tables) larger than this are split into shards of at "
+                         "least this many bytes, at most one per ps task.",
+                         lower_bound=1, flag_values=flag_values)
     flags.DEFINE_string("tpu", None,
                         "With --strategy=tpu: the TPU's gRPC address, Cloud TPU "
                         "name, or 'local' on a TPU VM. Untested on real TPUs.",
@@ -181,7 +186,8 @@ def define_common_flags(flag_values=flags.FLAGS):
 
 def make_distribution(flag_values=flags.FLAGS):
     """The `distribute.Distribution` of the parsed --strategy and --tpu."""
-    return distribute.make_distribution(flag_values.strategy, tpu=flag_values.tpu)
+    return distribute.make_distribution(flag_values.strategy, tpu=flag_values.tpu,
+                                        min_shard_bytes=flag_values.ps_min_shard_bytes)
 
 
 def default_precision(flag_values=flags.FLAGS, name="precision"):

@@ -130,8 +130,7 @@ def estimate(model_config, vocab_sizes, precision, distribution=None):
         copies = distribution.num_replicas
         where = f"each of the {copies} workers holds all of it"
     elif name == "parameter_server":
-        copies = max(1, len(distribution.strategy.cluster_resolver.cluster_spec()
-                            .as_dict().get("ps", [])))
+        copies = max(1, distribution.num_parameter_servers)
         per_state = state // copies
         # The chief makes the FP32 initial weights (and a copy) once.
         per_peak = max(per_state, 2 * weights)

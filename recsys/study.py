@@ -476,9 +476,10 @@ def plot(results, path):
         axes[1].axhline(sign * threshold, color="gray", ls="--", lw=0.8)
     axes[1].set(xlabel="training step", ylabel="Δ eval log loss vs FP32 (subset)",
                 title="Paired difference over training (mean over seeds)")
-    axes[1].legend()
-
     others = [p for p in precisions if p != precision_lib.BASELINE]
+    if others:
+        axes[1].legend()
+
     for i, precision in enumerate(others):
         d = results["summary"][precision]["log_loss_difference"]
         err = None if d["n"] < 2 else [[d["mean"] - d["low"]], [d["high"] - d["mean"]]]
@@ -492,7 +493,7 @@ def plot(results, path):
     axes[2].axhspan(-threshold, threshold, color="gray", alpha=0.15,
                     label=f"|Δ| < {threshold:g}")
     axes[2].set_xticks(range(len(others)), others)
-    axes[2].set_xlim(-0.5, len(others) - 0.5)
+    axes[2].set_xlim(-0.5, max(len(others), 1) - 0.5)
     axes[2].set(ylabel="final Δ eval log loss vs FP32 (whole eval set)",
                 title=f"Paired differences, {cfg['confidence']:.0%} t intervals "
                       f"({len(seeds)} seeds)")

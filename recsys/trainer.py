@@ -42,6 +42,7 @@ import time
 import recsys  # noqa: F401  (selects tf_keras as tf.keras before TF loads)
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 from tensorflow.core.framework import summary_pb2
@@ -309,6 +310,39 @@ def weights_fingerprint(model):
     return digest.hexdigest()
 
 
+def set_model_weights(model, values):
+    """`model.set_weights(values)` that also takes sharded variables.
+
+    Under a parameter-server strategy a large variable is a
+    `ShardedVariable` whose shards `model.weights` lists one by one; here
+    it takes the full value, as in an unsharded model's `get_weights()`.
+
+    Raises:
+        ValueError: if the number of values does not match.
+    """
+    parents = {}
+    for module in model.submodules:
+        for value in vars(module).values():
+            if isinstance(value, tf.__internal__.distribute.ShardedVariable):
+                parents.update({id(v): value for v in value.variables})
+    if not parents:
+        model.set_weights(values)
+        return
+    variables, seen = [], set()
+    for weight in model.weights:
+        parent = parents.get(id(weight))
+        if parent is None:
+            variables.append(weight)
+        elif id(parent) not in seen:
+            seen.add(id(parent))
+            variables.append(parent)
+    if len(variables) != len(values):
+        raise ValueError(f"{len(values)} weight values for {len(variables)} "
+                         f"variables of {model.name!r}.")
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
 def _write_json(path, value):
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
@@ -448,6 +482,40 @@ class Trainer:
             self.train_step = tfbf16.callbacks.instrument(self.train_step, self.model)
         self.logit_fn = metrics.make_logit_fn(
             self.model, jit_compile=train_config.jit_compile)
+        self.coordinator = None
+        if distribution.uses_coordinator:
+            from recsys import distribute
+            for name, shapes, devices in distribute.sharded_variables(self.fp32_model):
+                logging.info("%s: %d rows in %d shards %s on %s", name,
+                             sum(shape[0] for shape in shapes), len(shapes),
+                             [shape[0] for shape in shapes], ", ".join(devices))
+            self.coordinator = tf.distribute.coordinator.ClusterCoordinator(
+                distribution.strategy)
+            train_step = self.train_step
+            self.scheduled_step = tf.function(
+                lambda iterator: train_step(*next(iterator)))
+
+    def per_worker_iterator(self, dataset):
+        """An iterator over `dataset` on each parameter-server worker.
+
+        The dataset is serialized once and rebuilt on every worker, which
+        keeps every `num_input_pipelines`-th batch of it, starting at its
+        own index (`tf.distribute.coordinator.experimental_get_current_worker_index`).
+        """
+        serialized = tf.raw_ops.DatasetToGraphV2(
+            input_dataset=tf.data.experimental.to_variant(dataset),
+            external_state_policy=0,  # warn about (and rebuild) caches
+            strip_device_assignment=True)
+        spec = dataset.element_spec
+        workers = self.distribution.num_input_pipelines
+
+        def dataset_fn():
+            rebuilt = tf.data.experimental.from_variant(
+                tf.raw_ops.DatasetFromGraph(graph_def=serialized), spec)
+            return rebuilt.shard(
+                workers, tf.distribute.coordinator.experimental_get_current_worker_index())
+
+        return iter(self.coordinator.create_per_worker_dataset(dataset_fn))
 
     @staticmethod
     def kind_of(precision):
@@ -463,7 +531,7 @@ class Trainer:
         if precision.compute_kind == "emulated":
             import tfbf16
             tfbf16.set_rounding(self.model, precision.compute)
-        self.fp32_model.set_weights(initial_weights)
+        set_model_weights(self.fp32_model, initial_weights)
         if precision.weights == "bf16":
             self.optimizer.round_weights(self.model.trainable_variables)
         for variable in self.optimizer.variables:
@@ -506,8 +574,12 @@ class Trainer:
             `metrics.click_metrics` of the whole eval set), "history" (the
             periodic evaluations: `{"step", "log_loss", "auc",
             "calibration", ...}`), "train_seconds" and "examples_per_second"
-            (of the steps run by this call), and "resumed_from" (the step
-            training started at). A finished run in `model_dir` is loaded
+            (of the steps run by this call, evaluations and checkpoints
+            included), "steady_examples_per_second" (steps after the first,
+            without them) and "input_wait_fraction" (of that time, the part
+            spent waiting for the input pipeline), "weights_sha256"
+            (`weights_fingerprint`), and "resumed_from" (the step training
+            started at). A finished run in `model_dir` is loaded
             from its `result.json` instead of being trained again ("loaded"
             is then True).
 
@@ -572,6 +644,9 @@ def _check_bundle(bundle, distribution):
             "strategy: make it with DataConfig.make_bundle(distribution=...).")
 
 
+_END = object()
+
+
 class _Run:
     """The loop of one `Trainer.run` call."""
 
@@ -631,6 +706,27 @@ class _Run:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         return latest
 
+    def _training_steps(self, start):
+        """How to run steps `start + 1 ..`.
+
+        Returns:
+            `(items, run, value, sync)`: `run(item)` runs (or, with a
+            parameter-server coordinator, schedules) the step of each item
+            and returns its loss; `value(loss)` is that loss as a number
+            (waiting for the step); `sync()` waits for scheduled steps.
+        """
+        tc, trainer = self.tc, self.trainer
+        if trainer.coordinator is None:
+            batches = self._training_batches(start)
+            return (batches, lambda batch: trainer.train_step(*batch),
+                    lambda loss: loss, lambda: None)
+        # Asynchronous: each worker takes its next batch when it is free.
+        iterator = trainer.per_worker_iterator(self.bundle.train.repeat().skip(start))
+        return (range(start, tc.train_steps),
+                lambda _: trainer.coordinator.schedule(trainer.scheduled_step,
+                                                       args=(iterator,)),
+                lambda loss: loss.fetch(), trainer.coordinator.join)
+
     def _training_batches(self, start):
         """The batches of steps `start + 1 ..`, distributed to the replicas."""
         tc = self.tc
@@ -676,28 +772,43 @@ class _Run:
                    if self.verbose else None)
         if progbar is not None and start:
             progbar.update(start)
-        batches = self._training_batches(start)
+        items, run_step, loss_value, sync = self._training_steps(start)
         self.callbacks.on_train_begin()
         window, step, batch_size = [], start, self.bundle.global_batch_size
+        # Steady-state timing, from the second step on (the first one traces):
+        # seconds waiting for the input pipeline and running steps.
+        input_seconds = step_seconds = 0.0
         began = time.perf_counter()
-        for features, labels in batches:
+        iterator = iter(items)
+        while True:
+            waited = time.perf_counter()
+            item = next(iterator, _END)
+            ran = time.perf_counter()
+            if item is _END:
+                break
             self.callbacks.on_train_batch_begin(step + 1)
-            loss = trainer.train_step(features, labels)
+            loss = run_step(item)
+            if step > start:
+                input_seconds += ran - waited
+                step_seconds += time.perf_counter() - ran
             step += 1
             window.append(loss)
             self.callbacks.on_train_batch_end(step, {"loss": loss})
             if step % tc.log_every == 0 or step == tc.train_steps:
-                mean_loss = float(tf.reduce_mean(window))
+                mean_loss = float(np.mean([loss_value(v) for v in window]))
                 window = []
                 if train_writer is not None:
                     write_scalars(train_writer, step, {"loss": mean_loss})
                 if progbar is not None:
                     progbar.update(step, [("loss", mean_loss)])
             if tc.eval_every and step % tc.eval_every == 0:
+                sync()
                 history.append({"step": step, **self._evaluate(tc.eval_steps)})
                 self._log_eval(eval_writer, step, history[-1])
             if step % tc.checkpoint_every == 0:
+                sync()
                 self._save(history, monitor_records)
+        sync()
         seconds = time.perf_counter() - began
         if step != tc.train_steps:
             raise ValueError(
@@ -710,6 +821,8 @@ class _Run:
         final = self._evaluate(None)
         self._log_eval(eval_writer, step, final, prefix="final_")
         trained = step - start
+        # (Scheduled parameter-server steps return at once: no steady timing.)
+        steady = input_seconds + step_seconds if trainer.coordinator is None else 0.0
         result = {
             "precision": self.precision,
             "seed": int(self.seed),
@@ -720,6 +833,10 @@ class _Run:
             "train_seconds": seconds,
             "examples_per_second": (trained * batch_size / seconds
                                     if trained else None),
+            # Steps after the first, without evaluations and checkpoints:
+            "steady_examples_per_second": ((trained - 1) * batch_size / steady
+                                           if trained > 1 and steady else None),
+            "input_wait_fraction": input_seconds / steady if steady else None,
             "weights_sha256": weights_fingerprint(trainer.fp32_model),
             "loaded": False,
         }

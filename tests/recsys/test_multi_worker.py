@@ -11,9 +11,6 @@ ended by it.
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -23,9 +20,12 @@ import tensorflow as tf
 from recsys import study
 from recsys import trainer
 from recsys.precision import Precision
+from recsys.local_cluster import REPO, LocalCluster
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SAMPLE = os.path.join(os.path.dirname(REPO), "shared", "data", "criteo_kaggle_sample.tsv")
+SAMPLE = os.path.join(os.path.dirname(REPO), "shared", "data",
+                      "criteo_kaggle_sample.tsv")
+# What recsys.trainer logs at the end of every run, on every worker.
+FINGERPRINT = re.compile(r"final weights sha256 ([0-9a-f]{64})")
 
 MODEL = trainer.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
 MODEL_FLAGS = ["--embedding_dim=4", "--num_cross_layers=1", "--deep_layers=8"]
@@ -37,7 +37,6 @@ DATA = {
                ["--data=criteo", f"--data_path={SAMPLE}", "--batch_size=32",
                 "--eval_rows=40", "--num_buckets=1000"]),
 }
-FINGERPRINT = re.compile(r"final weights sha256 ([0-9a-f]{64})")
 # (The killed-and-restarted 100-step run: measured 5e-7.)
 # How far the multi-worker weights may be from the single-process ones after
 # 4 steps: the all-reduce sums the two halves of each batch gradient in
@@ -48,55 +47,13 @@ FINGERPRINT = re.compile(r"final weights sha256 ([0-9a-f]{64})")
 TOLERANCE = {"fp32": 1e-6, "rne": 1e-5}
 
 
-def _free_ports(count):
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+WORKERS = [("worker", 0), ("worker", 1)]
 
 
-class Workers:
-    """Two `recsys.train` workers of one cluster; logs in files."""
-
-    def __init__(self, tmp_path, args, name="job", program="recsys.train"):
-        ports = _free_ports(2)
-        cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-        self.logs = [tmp_path / f"{name}_worker{i}.log" for i in range(2)]
-        self.processes = []
-        for index, log in enumerate(self.logs):
-            env = dict(os.environ, TF_CONFIG=json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            with open(log, "w") as out:
-                self.processes.append(subprocess.Popen(
-                    [sys.executable, "-m", program, "--strategy=multi_worker",
-                     *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
-
-    def wait(self, timeout=240):
-        deadline = time.monotonic() + timeout
-        try:
-            for process in self.processes:
-                process.wait(timeout=max(1.0, deadline - time.monotonic()))
-        finally:
-            self.kill()
-        return [p.returncode for p in self.processes]
-
-    def kill(self):
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-    def output(self, index):
-        return self.logs[index].read_text()
-
-    def fingerprints(self):
-        return [FINGERPRINT.findall(self.output(i)) for i in range(2)]
+def _workers(tmp_path, args, name="job", program="recsys.train"):
+    """Two workers of a multi-worker job."""
+    return LocalCluster(tmp_path, {"worker": 2}, program,
+                           ["--strategy=multi_worker", *args], name)
 
 
 def _checkpoint_weights(model_dir, vocab_sizes, precision):
@@ -123,9 +80,11 @@ def _assert_close_weights(actual, expected, tolerance, what=""):
 
 
 @pytest.mark.parametrize("source, precisions", [
+    # Emulated BF16 (the rounding op under all-reduce) on the synthetic
+    # stream, FP32 on the Criteo sample (and in the restart test below): one
+    # emulated multi-worker run (~30 s here, tracing the wrapped model) is
+    # enough, as the rounding does not depend on the source.
     ("synthetic", ["fp32", "rne"]),
-    # The emulated rounding under all-reduce does not depend on the source;
-    # one emulated run (~30 s here, tracing the wrapped model) is enough.
     ("criteo", ["fp32"]),
 ])
 def test_two_workers_match_one_process(tmp_path, source, precisions):
@@ -134,20 +93,19 @@ def test_two_workers_match_one_process(tmp_path, source, precisions):
     config = trainer.TrainConfig(train_steps=steps, eval_every=2, eval_steps=1,
                                  checkpoint_every=2, log_every=2)
     output_dir = tmp_path / "multi"
-    workers = Workers(tmp_path, [f"--output_dir={output_dir}",
+    workers = _workers(tmp_path, [f"--output_dir={output_dir}",
                                  f"--precisions={','.join(precisions)}",
                                  "--seeds=0", f"--train_steps={steps}", "--eval_every=2",
                                  "--eval_steps=1", "--checkpoint_every=2",
                                  "--log_every=2", *MODEL_FLAGS, *DATA[source][1]],
                       program="recsys.study")
-    codes = workers.wait()
-    assert codes == [0, 0], workers.output(0)[-3000:] + workers.output(1)[-3000:]
-    assert "shard 1 of 2" in workers.output(1)
+    assert workers.wait(WORKERS) == [0, 0], workers.tail()
+    assert "shard 1 of 2" in workers.output(WORKERS[1])
     with open(output_dir / "results.json") as f:
         results = json.load(f)  # written by the chief only
 
     # Both workers end every run with bit-identical weights.
-    chief, other = workers.fingerprints()
+    chief, other = (FINGERPRINT.findall(workers.output(w)) for w in WORKERS)
     assert len(chief) == len(precisions) and chief == other
 
     data_config, _ = DATA[source]
@@ -181,26 +139,26 @@ def test_killed_job_restarts_from_the_chiefs_last_checkpoint(tmp_path):
             f"--checkpoint_every={every}", "--eval_every=0", "--log_every=10",
             "--lr_schedule=constant", *MODEL_FLAGS, *DATA["synthetic"][1]]
     checkpoints = model_dir / "checkpoints"
-    first = Workers(tmp_path, args, "first")
+    first = _workers(tmp_path, args, "first")
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             latest = tf.train.latest_checkpoint(str(checkpoints))
             if latest and int(latest.rsplit("-", 1)[1]) >= 2 * every:
                 break
-            assert all(p.poll() is None for p in first.processes), first.output(0)[-3000:]
+            assert all(first.running(w) for w in WORKERS), first.tail()
             time.sleep(0.05)
     finally:
         first.kill()  # SIGKILL, both workers: the job died mid-run
     assert not (model_dir / "result.json").exists(), "the job ended before it was killed"
 
-    second = Workers(tmp_path, args, "second")
-    assert second.wait() == [0, 0], second.output(0)[-3000:] + second.output(1)[-3000:]
+    second = _workers(tmp_path, args, "second")
+    assert second.wait(WORKERS) == [0, 0], second.tail()
     with open(model_dir / "result.json") as f:
         result = json.load(f)
     assert result["resumed_from"] >= 2 * every and result["resumed_from"] % every == 0
     assert result["steps"] == steps
-    chief, other = second.fingerprints()
+    chief, other = (FINGERPRINT.findall(second.output(w)) for w in WORKERS)
     assert chief == other == [result["weights_sha256"]]
 
     config = trainer.TrainConfig(train_steps=steps, eval_every=0, checkpoint_every=steps,

@@ -79,20 +79,38 @@ def test_command_line(tmp_path):
         "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord"]
 
 
-@pytest.mark.parametrize("argv, message", [
+_VALIDATION_CASES = [
     (["--data=criteo"], "--data_path is required with --data=criteo"),
     (["--data=synthetic"], "pass --train_rows"),
     (["--data=synthetic", "--train_rows=5", "--strict"], "--strict only to --data=criteo"),
     (["--data=criteo", "--data_path=x", "--num_buckets=5,6"], "one int or 26"),
-])
-def test_flag_validation(tmp_path, argv, message):
-    # The command line itself, in its own process: the CLI modules define
-    # their absl flags at import, as absl apps do, so they are not imported
-    # into the test process.
-    done = run_prepare(f"--output_dir={tmp_path}", *argv)
-    assert done.returncode == 1, done.stderr
-    assert message in done.stderr
-    assert not any(tmp_path.iterdir())
+]
+_VALIDATE = """
+import json, sys
+from absl import flags
+from recsys import prepare
+for argv in json.loads(sys.argv[1]):
+    try:
+        prepare.FLAGS(["prepare", "--output_dir=/nonexistent/unused", *argv])
+        print("ACCEPTED")
+    except flags.IllegalFlagValueError as e:
+        print("REFUSED", str(e).replace(chr(10), " "))
+    prepare.FLAGS.unparse_flags()
+"""
+
+
+def test_flag_validation(tmp_path):
+    # In its own process: the CLI modules define their absl flags at import,
+    # as absl apps do, so they are not imported into the test process. (One
+    # process for all cases; `test_command_line` runs the real command.)
+    done = subprocess.run([sys.executable, "-c", _VALIDATE,
+                           json.dumps([argv for argv, _ in _VALIDATION_CASES])],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdicts = done.stdout.strip().splitlines()
+    assert len(verdicts) == len(_VALIDATION_CASES)
+    for (argv, message), verdict in zip(_VALIDATION_CASES, verdicts):
+        assert verdict.startswith("REFUSED") and message in verdict, (argv, verdict)
 
 
 def test_tfrecord_source_is_refused(tmp_path):
