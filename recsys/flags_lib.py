@@ -13,6 +13,7 @@ study finishes within 10 minutes on 2 CPU cores.
 """
 
 from absl import flags
+from absl import logging
 
 from recsys import distribute
 from recsys import model as model_lib
@@ -185,9 +186,20 @@ def define_common_flags(flag_values=flags.FLAGS):
 
 
 def make_distribution(flag_values=flags.FLAGS):
-    """The `distribute.Distribution` of the parsed --strategy and --tpu."""
-    return distribute.make_distribution(flag_values.strategy, tpu=flag_values.tpu,
-                                        min_shard_bytes=flag_values.ps_min_shard_bytes)
+    """The `distribute.Distribution` of the parsed --strategy and --tpu, logged.
+
+    A "worker" or "ps" task of a parameter-server cluster does not train: it
+    serves the chief here until the job ends (and exits if its server stops).
+    """
+    distribution = distribute.make_distribution(
+        flag_values.strategy, tpu=flag_values.tpu,
+        min_shard_bytes=flag_values.ps_min_shard_bytes)
+    logging.info("Distribution: %s", distribution.describe())
+    if distribution.is_server_only:
+        logging.info("Serving the cluster until the job ends.")
+        distribution.server.join()
+        raise SystemExit(0)
+    return distribution
 
 
 def default_precision(flag_values=flags.FLAGS, name="precision"):

@@ -47,6 +47,13 @@ _FLOAT_BYTES = 4
 _GIB = 1 << 30
 
 
+def format_bytes(count):
+    """`count` bytes as "12.3 MiB" or "4.56 GiB"."""
+    if count < _GIB:
+        return f"{count / (1 << 20):.1f} MiB"
+    return f"{count / _GIB:.2f} GiB"
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
     """The memory estimate of a run (bytes unless noted).
@@ -87,9 +94,9 @@ class Estimate:
         return (
             f"{self.parameters:,} parameters ({self.embedding_parameters:,} in "
             f"embedding tables, the largest C{feature + 1} with {rows:,} rows): "
-            f"weights {self.weight_bytes / _GIB:.2f} GiB, weights + optimizer state "
-            f"{self.state_bytes / _GIB:.2f} GiB, estimated training peak "
-            f"{self.per_process_peak_bytes / _GIB:.2f} GiB per process ({self.where})")
+            f"weights {format_bytes(self.weight_bytes)}, weights + optimizer state "
+            f"{format_bytes(self.state_bytes)}, estimated training peak "
+            f"{format_bytes(self.per_process_peak_bytes)} per process ({self.where})")
 
 
 @functools.lru_cache(maxsize=16)
@@ -180,8 +187,8 @@ def check_fits(model_config, vocab_sizes, precision, distribution=None, *,
         feature, rows = result.largest_table
         raise MemoryError(
             f"This run will not fit in memory: it needs about "
-            f"{result.per_process_peak_bytes / _GIB:.1f} GiB per process "
-            f"({result.describe()}), and {available / _GIB:.1f} GiB is available. "
+            f"{format_bytes(result.per_process_peak_bytes)} per process "
+            f"({result.describe()}), and {format_bytes(available)} is available. "
             "Make the embedding tables smaller: --num_buckets (Criteo hash buckets "
             "per feature), --vocab_scale (synthetic cardinalities) or "
             f"--embedding_dim (now {model_config.embedding_dim}); or shard the "

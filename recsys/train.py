@@ -63,11 +63,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     distribution = flags_lib.make_distribution()
-    logging.info("Distribution: %s", distribution.describe())
-    if distribution.is_server_only:
-        logging.info("Serving the cluster until the job ends.")
-        distribution.server.join()
-        return
     bundle = flags_lib.data_config().make_bundle(seed=FLAGS.data_seed,
                                                  distribution=distribution)
     logging.info("Data: %s", bundle.description)

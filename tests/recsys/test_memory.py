@@ -55,7 +55,7 @@ def test_check_fits_names_the_flags_to_change():
     with pytest.raises(MemoryError) as raised:
         memory.check_fits(model_config, big, "fp32", available=24 << 30)
     message = str(raised.value)
-    assert "will not fit in memory" in message and "24.0 GiB is available" in message
+    assert "will not fit in memory" in message and "24.00 GiB is available" in message
     for flag in ("--num_buckets", "--vocab_scale", "--embedding_dim",
                  "--strategy=parameter_server", "--nomemory_check"):
         assert flag in message
