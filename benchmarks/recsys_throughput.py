@@ -29,7 +29,6 @@ from absl import app
 from absl import flags
 
 import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import tensorflow as tf
 
 from benchmarks import recsys_input
 from recsys import flags_lib

@@ -5,7 +5,6 @@ reference), not only on what `tfbf16.summary` reports.
 """
 
 import keras
-import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,37 +12,9 @@ import tf_keras
 
 import tfbf16
 from tfbf16.summary import summary_rows
+from tests.bf16_bits import assert_bits_equal, is_bf16, not_bf16, rnd, trunc
 
 FLAVOURS = {"keras3": keras, "tf_keras": tf_keras}
-
-
-def rnd(value):
-    return np.asarray(value, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
-
-
-def trunc(value):
-    return (np.asarray(value, np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32)
-
-
-def bits(value):
-    return np.asarray(value, np.float32).view(np.uint32)
-
-
-def assert_bits_equal(actual, expected, what=""):
-    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
-    assert actual.shape == expected.shape, what
-    assert np.array_equal(bits(actual), bits(expected)), (
-        f"{what}: max abs diff {np.max(np.abs(actual - expected))}"
-    )
-
-
-def is_bf16(value):
-    return not (bits(value) & 0xFFFF).any()
-
-
-def not_bf16(rng, shape):
-    value = rng.standard_normal(shape).astype(np.float32)
-    return (bits(value) | 0x1).view(np.float32)
 
 
 def emulated(model):

@@ -14,18 +14,7 @@ import tf_keras
 
 import tfbf16
 from tfbf16.summary import summary_rows
-
-
-def bits(value):
-    return np.asarray(value, np.float32).view(np.uint32)
-
-
-def assert_bits_equal(actual, expected, what=""):
-    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
-    assert actual.shape == expected.shape, what
-    assert np.array_equal(bits(actual), bits(expected)), (
-        f"{what}: max abs diff {np.max(np.abs(actual - expected))}"
-    )
+from tests.bf16_bits import assert_bits_equal
 
 
 def _inputs(seed=0, n=3):

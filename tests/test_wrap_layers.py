@@ -18,22 +18,17 @@ bit-exactness against ml_dtypes is tested in test_rounding.py).
 import contextlib
 
 import keras
-import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
 import tfbf16
+from tests.bf16_bits import assert_bits_equal, bits, not_bf16, rnd, trunc
 
 FLAVOURS = {"keras3": keras, "tf_keras": tf_keras}
 
 # ---------------------------------------------------------------- helpers
-
-
-def rnd(value):
-    """RNE to bfloat16 values with ml_dtypes (the reference rounding)."""
-    return np.asarray(value, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
 
 
 def q(tensor):
@@ -41,30 +36,9 @@ def q(tensor):
     return tfbf16.quantize(tensor, "rne", "rne")
 
 
-def bits(value):
-    return np.asarray(value, np.float32).view(np.uint32)
-
-
-def assert_bits_equal(actual, expected, what=""):
-    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
-    assert actual.shape == expected.shape, what
-    mismatched = bits(actual) != bits(expected)
-    assert not mismatched.any(), (
-        f"{what}: {mismatched.sum()} of {mismatched.size} values differ; "
-        f"max abs diff {np.max(np.abs(actual - expected))}"
-    )
-
-
 def assert_bf16_values(value, what=""):
     low = bits(value) & 0xFFFF
     assert not low.any(), f"{what}: {np.count_nonzero(low)} values are not bfloat16"
-
-
-def not_bf16(rng, shape, scale=1.0):
-    """Random float32 values, none of which is a bfloat16 value."""
-    value = (rng.standard_normal(shape) * scale).astype(np.float32)
-    value = (bits(value) | 0x1).view(np.float32)  # a set low bit: never bf16
-    return value
 
 
 def randomize_weights(layer, rng):
@@ -228,10 +202,6 @@ def test_wrapper_preserves_dtype_and_leaves_unwrapped_layer_fp32(flavour):
     # The inner layer called directly is still plain FP32.
     assert_bits_equal(layer(x), fp32, "inner layer after wrapping")
     assert wrapper.trainable_weights and len(wrapper.trainable_weights) == 2
-
-
-def trunc(value):
-    return (bits(value) & 0xFFFF0000).view(np.float32)
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))

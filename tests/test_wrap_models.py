@@ -10,7 +10,6 @@ few steps with `fit`, has every compute layer emulated according to
 import warnings
 
 import keras
-import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,6 +17,7 @@ import tf_keras
 
 import tfbf16
 from tfbf16.summary import summary_rows
+from tests.bf16_bits import assert_bits_equal, not_bf16, rnd
 
 FLAVOURS = {"keras3": keras, "tf_keras": tf_keras}
 
@@ -29,27 +29,6 @@ COMPUTE_CLASSES = {
     "Cross", "MultiHeadAttention", "LSTM", "GRU", "SimpleRNN", "Embedding",
     "BatchNormalization", "LayerNormalization",
 }
-
-
-def rnd(value):
-    return np.asarray(value, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
-
-
-def bits(value):
-    return np.asarray(value, np.float32).view(np.uint32)
-
-
-def assert_bits_equal(actual, expected, what=""):
-    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
-    assert actual.shape == expected.shape, what
-    assert np.array_equal(bits(actual), bits(expected)), (
-        f"{what}: max abs diff {np.max(np.abs(actual - expected))}"
-    )
-
-
-def not_bf16(rng, shape, scale=1.0):
-    value = (rng.standard_normal(shape) * scale).astype(np.float32)
-    return (bits(value) | 0x1).view(np.float32)
 
 
 def tfbf16_warnings(record):

@@ -7,7 +7,6 @@ parameter servers. The test ends every process it starts.
 """
 
 import json
-import os
 import re
 
 import pytest
