@@ -43,6 +43,7 @@ import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 from recsys import precision as precision_lib
 from recsys import trainer
+from recsys.data import make_datasets
 from recsys.local_cluster import REPO, LocalCluster
 
 FLAGS = flags.FLAGS
@@ -99,11 +100,8 @@ def run_two_workers(model_dir, precision, batch_size, steps):
 
 def input_rows_per_second(batch_size, shards, batches=60):
     """Rows/s of one shard's synthetic input pipeline alone (median of 3)."""
-    config = trainer.DataConfig(batch_size=batch_size, vocab_scale=FLAGS.vocab_scale,
-                                eval_rows=4096)
-    from recsys.data import make_datasets
     dataset = make_datasets("synthetic", batch_size=batch_size // shards, seed=0,
-                            eval_rows=config.eval_rows, vocab_scale=config.vocab_scale,
+                            eval_rows=4096, vocab_scale=FLAGS.vocab_scale,
                             num_shards=shards, shard_index=0).train
     rates = []
     for _ in range(3):

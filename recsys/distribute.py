@@ -254,18 +254,23 @@ def _parameter_server(config, min_shard_bytes):
 
 
 def sharded_variables(model):
-    """`[(name, shapes, devices)]` of the model's variables that are split
-    into shards (over parameter servers)."""
-    found, seen = [], set()
+    """The model's variables that are split into shards (over parameter
+    servers), each once: `ShardedVariable`s, whose `.variables` are the
+    shards."""
+    found = {}
     for module in model.submodules:
         for value in vars(module).values():
-            if (isinstance(value, tf.__internal__.distribute.ShardedVariable)
-                    and id(value) not in seen):
-                seen.add(id(value))
-                name = value.variables[0].name.rsplit("/part_", 1)[0]
-                found.append((name, [tuple(v.shape) for v in value.variables],
-                              [v.device for v in value.variables]))
-    return found
+            if isinstance(value, tf.__internal__.distribute.ShardedVariable):
+                found.setdefault(id(value), value)
+    return list(found.values())
+
+
+def describe_shards(variable):
+    """One line on where a `ShardedVariable`'s shards live."""
+    name = variable.variables[0].name.rsplit("/part_", 1)[0]
+    rows = [int(v.shape[0]) for v in variable.variables]
+    return (f"{name}: {sum(rows)} rows in {len(rows)} shards {rows} on "
+            f"{', '.join(v.device for v in variable.variables)}")
 
 
 def _tpu(tpu):

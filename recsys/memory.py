@@ -131,7 +131,8 @@ def estimate(model_config, vocab_sizes, precision, distribution=None):
     where = "this process holds all of it"
     if name == "mirrored":
         copies = distribution.num_replicas
-        per_state = per_peak = copies * state + (peak - state)
+        per_state = copies * state
+        per_peak = per_state + (peak - state)
         where = f"{copies} local replicas each hold a copy"
     elif name == "multi_worker":
         copies = distribution.num_replicas

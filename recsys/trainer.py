@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from tensorflow.core.framework import summary_pb2
 
+from recsys import distribute
 from recsys import metrics
 from recsys import model as model_lib
 from recsys.precision import Precision
@@ -310,6 +311,35 @@ def weights_fingerprint(model):
     return digest.hexdigest()
 
 
+def load_checkpointed_model(model_dir, model_config, vocab_sizes, precision):
+    """The plain FP32 model with the weights of a run's latest checkpoint.
+
+    A run checkpoints the model it trained (wrapped by `tfbf16.wrap` for the
+    emulated precisions, sharded over parameter servers with that
+    strategy); its weights are restored here into an unwrapped, unsharded
+    model of the same config.
+
+    Args:
+        model_dir: the run's directory.
+        model_config: the run's `ModelConfig`.
+        vocab_sizes: the 26 table sizes.
+        precision: the run's precision (a `Precision` or its name).
+
+    Returns:
+        A `tf.keras.Model` (FP32, unwrapped).
+
+    Raises:
+        FileNotFoundError: if `model_dir` holds no checkpoint.
+    """
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"{model_dir} holds no checkpoint (checkpoints/).")
+    model = model_config.build(vocab_sizes)
+    checkpoint = tf.train.Checkpoint(model=Precision.parse(precision).apply(model))
+    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    return model
+
+
 def set_model_weights(model, values):
     """`model.set_weights(values)` that also takes sharded variables.
 
@@ -320,11 +350,8 @@ def set_model_weights(model, values):
     Raises:
         ValueError: if the number of values does not match.
     """
-    parents = {}
-    for module in model.submodules:
-        for value in vars(module).values():
-            if isinstance(value, tf.__internal__.distribute.ShardedVariable):
-                parents.update({id(v): value for v in value.variables})
+    parents = {id(shard): variable for variable in distribute.sharded_variables(model)
+               for shard in variable.variables}
     if not parents:
         model.set_weights(values)
         return
@@ -455,7 +482,6 @@ class Trainer:
                  distribution=None):
         precision = Precision.parse(precision)
         if distribution is None:
-            from recsys import distribute
             distribution = distribute.make_distribution("default")
         _check_supported(precision, train_config, distribution)
         self.model_config = model_config
@@ -484,11 +510,8 @@ class Trainer:
             self.model, jit_compile=train_config.jit_compile)
         self.coordinator = None
         if distribution.uses_coordinator:
-            from recsys import distribute
-            for name, shapes, devices in distribute.sharded_variables(self.fp32_model):
-                logging.info("%s: %d rows in %d shards %s on %s", name,
-                             sum(shape[0] for shape in shapes), len(shapes),
-                             [shape[0] for shape in shapes], ", ".join(devices))
+            for variable in distribute.sharded_variables(self.fp32_model):
+                logging.info("%s", distribute.describe_shards(variable))
             self.coordinator = tf.distribute.coordinator.ClusterCoordinator(
                 distribution.strategy)
             train_step = self.train_step
@@ -516,11 +539,6 @@ class Trainer:
                 workers, tf.distribute.coordinator.experimental_get_current_worker_index())
 
         return iter(self.coordinator.create_per_worker_dataset(dataset_fn))
-
-    @staticmethod
-    def kind_of(precision):
-        """The `Precision.trainer_kind` of `precision`: what one `Trainer` runs."""
-        return Precision.parse(precision).trainer_kind
 
     def reset(self, initial_weights, precision):
         """Sets the initial weights, zero optimizer state and step 0."""

@@ -205,10 +205,6 @@ class Shard:
         return batches.map(own_slice, num_parallel_calls=tf.data.AUTOTUNE,
                            deterministic=True)
 
-    def __str__(self):
-        return (f"shard {self.index} of {self.count} ({self.rows} rows of every "
-                f"{self.global_rows}-row global batch)")
-
 
 def _check_shard(num_shards, shard_index, batch_size, drop_remainder):
     for name, value in (("num_shards", num_shards), ("shard_index", shard_index)):

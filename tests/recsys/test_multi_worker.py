@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from recsys import study
 from recsys import trainer
-from recsys.precision import Precision
 from recsys.local_cluster import REPO, LocalCluster
 
 SAMPLE = os.path.join(os.path.dirname(REPO), "shared", "data",
@@ -57,11 +56,8 @@ def _workers(tmp_path, args, name="job", program="recsys.train"):
 
 
 def _checkpoint_weights(model_dir, vocab_sizes, precision):
-    model = MODEL.build(vocab_sizes)
-    checkpoint = tf.train.Checkpoint(model=Precision.parse(precision).apply(model))
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
-    return model.get_weights()
+    return trainer.load_checkpointed_model(model_dir, MODEL, vocab_sizes,
+                                           precision).get_weights()
 
 
 def _single_process(tmp_path, source, precision, train_config):

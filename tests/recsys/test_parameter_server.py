@@ -10,7 +10,6 @@ import json
 import re
 
 import pytest
-import tensorflow as tf
 
 from recsys import metrics
 from recsys import trainer
@@ -49,9 +48,7 @@ def test_chief_trains_with_tables_sharded_over_two_parameter_servers(tmp_path):
     # The chief's checkpoint of the sharded tables restores into a plain,
     # unsharded model, which then scores the eval set exactly as the chief did.
     bundle = DATA.make_bundle(seed=0)
-    model = MODEL.build(bundle.vocab_sizes)
-    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(
-        str(model_dir / "checkpoints"))).expect_partial().assert_existing_objects_matched()
+    model = trainer.load_checkpointed_model(str(model_dir), MODEL, bundle.vocab_sizes, "fp32")
     assert trainer.weights_fingerprint(model) == result["weights_sha256"]
     again = metrics.evaluate(model, bundle.eval)
     assert again["count"] == result["final"]["count"]

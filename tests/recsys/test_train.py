@@ -15,7 +15,6 @@ import tfbf16
 
 from recsys import flags_lib
 from recsys import trainer
-from recsys.precision import Precision
 from tests.bf16_bits import is_bf16
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -130,13 +129,8 @@ class _Interrupt(tf.keras.callbacks.Callback):
 
 
 def _final_weights(model_dir, bundle, precision):
-    """The checkpointed weights (the model of `precision`: a wrapped model
-    saves its weights under the wrappers)."""
-    model = TINY_MODEL.build(bundle.vocab_sizes)
-    status = tf.train.Checkpoint(model=Precision.parse(precision).apply(model)).restore(
-        tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
-    status.expect_partial().assert_existing_objects_matched()
-    return model.get_weights()
+    return trainer.load_checkpointed_model(model_dir, TINY_MODEL, bundle.vocab_sizes,
+                                           precision).get_weights()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp32+bf16w_kahan"])
@@ -229,3 +223,8 @@ def test_no_event_files_without_tensorboard(bundle, tmp_path):
                 model_dir=str(tmp_path), verbose=0)
     assert not {"train", "eval", "bf16"} & set(os.listdir(tmp_path))
     assert {"result.json", "history.json", "checkpoints"} <= set(os.listdir(tmp_path))
+
+
+def test_loading_a_directory_without_checkpoints_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        trainer.load_checkpointed_model(str(tmp_path), TINY_MODEL, [10] * 26, "rne")
