@@ -1,0 +1,7 @@
+"""Small utilities shared by tfbf16, its study programs and benchmarks.
+
+- `tfbf16.utils.files`: atomic file writes and JSON reading with errors that
+  name the file.
+- `tfbf16.utils.cli`: running an absl program so that routine mistakes end
+  with one line instead of a traceback.
+"""
