@@ -14,24 +14,66 @@ of any Keras optimizer:
   `w_old + u` is the inner optimizer's FP32 result.
 - "kahan": each weight has a BF16 compensation buffer `c` (zero at first):
   `y = u - c; t = rne(w_old + y); c = rne((t - w_old) - y); w = t`, so the
-  part of an update that rounding drops is carried into the next step.
+  part of an update that rounding drops is carried into the next step. A
+  weight whose update is exactly zero keeps its value and its compensation.
 
 The update `u` itself is computed by the inner optimizer in FP32 (as a BF16
 chip's FP32 update units would), so increments below FP32's resolution of
 the weight (2**-24 relative, i.e. 2**-16 of a BF16 ulp) are lost before the
 BF16 rounding; all other increments reach it.
+
+Embedding tables: when a weight's gradient is a `tf.IndexedSlices` and the
+inner optimizer changes only the rows it receives (see `LazyRule`), only
+those rows are rounded, so a step costs O(batch rows), not O(table).
 """
 
 import abc
+import dataclasses
+import functools
+import typing
 
 import keras
 import tensorflow as tf
 import tf_keras
 
-from tfbf16.rounding import round_bf16
+from tfbf16.rounding import ROUNDINGS, round_bf16
 
-#: Valid `update_rounding` values.
-UPDATE_ROUNDINGS = ("rne", "trunc", "stochastic", "kahan")
+#: Valid `update_rounding` values: the roundings of `tfbf16.ROUNDINGS`, and
+#: "kahan" (RNE with a compensation buffer).
+UPDATE_ROUNDINGS = ROUNDINGS + ("kahan",)
+
+# The strategies whose update path BF16Weights follows (tested); the default
+# (no strategy) is always supported.
+_SUPPORTED_STRATEGIES = (
+    tf.distribute.OneDeviceStrategy,
+    tf.distribute.MirroredStrategy,
+    tf.distribute.MultiWorkerMirroredStrategy,
+)
+
+# Slot-rounding seeds are offset from the weights' (index of the weight).
+_SLOT_SEED_OFFSET = 1_000_003
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyRule:
+    """How an inner optimizer changes a weight whose gradient is sparse.
+
+    An optimizer is lazy when a step with a `tf.IndexedSlices` gradient
+    leaves every row outside `gradient.indices` unchanged (bit for bit, or
+    only turned into a value that is already BF16, such as 0), so that
+    rounding those rows is all that BF16 storage needs.
+
+    Attributes:
+        applies: predicate on the inner optimizer's configuration (e.g.
+            SGD is lazy only without momentum).
+        slots: names of the optimizer's per-weight slot lists whose rows
+            also change only on the gradient's rows (rounded with them under
+            `round_slots`); None when the slots change on every row (e.g.
+            RMSprop's decaying average): they are then rounded whole.
+    """
+
+    applies: typing.Callable[[object], bool]
+    slots: typing.Optional[tuple] = ()
 
 
 def _check_update_rounding(update_rounding):
@@ -49,16 +91,6 @@ def _check_seed(seed):
     return seed
 
 
-def _check_single_replica():
-    strategy = tf.distribute.get_strategy()
-    if strategy.num_replicas_in_sync > 1:
-        raise NotImplementedError(
-            "tfbf16.optimizers.BF16Weights does not support multi-replica "
-            f"distribution strategies yet (got {type(strategy).__name__} with "
-            f"{strategy.num_replicas_in_sync} replicas)."
-        )
-
-
 def _tf_variable(variable):
     """The tf.Variable behind a Keras 3 variable (tf.Variables pass through)."""
     if isinstance(variable, keras.Variable):
@@ -70,17 +102,33 @@ def _is_float(variable):
     return tf.as_dtype(variable.dtype).is_floating
 
 
+@dataclasses.dataclass(frozen=True)
+class _RowPlan:
+    """A weight rounded row by row: its seed index and its lazy slots."""
+
+    index: int
+    slots: tuple  # ((seed index, slot variable), ...)
+
+
 class _BF16WeightsLogic:
     """The rounding logic both Keras implementations share.
 
-    Subclasses provide `self.inner_optimizer`, `_compensation_of(variable)`
-    and `_inner_slot_variables()`.
+    Subclasses provide `self.inner_optimizer` and the Keras-specific parts:
+    `_variable_key(variable)` (None for a variable the optimizer does not
+    know), `_variable_index(variable)`, `_compensation_of(variable)`,
+    `_lazy_rule()`, `_rows_allowed(variable)`, `_slot_of(name, variable)`
+    and `_step_during_update()`; they call `_apply_with_rounding` from their
+    apply method and route the inner optimizer's per-weight update step
+    through `_update_step_with_rounding`.
     """
 
-    def _init_bf16(self, update_rounding, round_slots, seed):
+    def _init_bf16(self, update_rounding, round_slots, seed, sparse_updates):
         self._update_rounding = _check_update_rounding(update_rounding)
         self._round_slots = bool(round_slots)
         self._seed = _check_seed(seed)
+        self._sparse_updates = bool(sparse_updates)
+        self._row_plans = {}
+        self._row_slot_ids = set()
 
     @property
     def update_rounding(self):
@@ -98,20 +146,27 @@ class _BF16WeightsLogic:
         return self._seed
 
     @property
+    def sparse_updates(self):
+        """Whether sparse updates of lazy optimizers round only their rows."""
+        return self._sparse_updates
+
+    @property
     def compensations(self):
         """The Kahan compensation buffers, one per weight (empty otherwise)."""
         return list(getattr(self, "_compensations", None) or [])
 
-    def _slot_rounding(self):
-        return "rne" if self._update_rounding == "kahan" else self._update_rounding
+    def rounds_rows(self, variable):
+        """Whether a sparse update of `variable` is rounded row by row.
 
-    def _round(self, value, rounding, index):
-        """Rounds `value` to BF16; a seeded stochastic rounding varies per step."""
-        seed = None
-        if rounding == "stochastic" and self._seed is not None:
-            step = tf.cast(tf.convert_to_tensor(self.iterations), tf.int64)
-            seed = tf.stack([tf.constant(self._seed, tf.int64) + index, step])
-        return round_bf16(value, rounding, seed=seed)
+        True when the inner optimizer is lazy (`LazyRule`) and nothing else
+        it does touches the whole variable (no weight decay, constraint,
+        moving average or gradient accumulation); known once built. (Its
+        dense updates are rounded whole.)
+
+        Args:
+            variable: one of the weights the optimizer was built with.
+        """
+        return self._variable_key(variable) in self._row_plans
 
     def round_weights(self, var_list):
         """Rounds (RNE) the floating-point weights of `var_list` to BF16 now.
@@ -128,36 +183,168 @@ class _BF16WeightsLogic:
                 if _is_float(variable):
                     variable.assign(round_bf16(tf.convert_to_tensor(_tf_variable(variable)), "rne"))
 
-    def _updated_pairs(self, grads, variables):
-        return [
-            (index, variable) for index, (grad, variable) in enumerate(zip(grads, variables))
-            if grad is not None and _is_float(variable)
+    def _finish_build(self, var_list):
+        """Rounds weights (and slots) once and plans the row-wise rounding."""
+        self.round_weights(var_list)
+        slots = self._inner_slot_variables()
+        if self._round_slots:
+            self.round_weights(slots)
+        rule = self._lazy_rule() if self._sparse_updates else None
+        if rule is None or not rule.applies(self.inner_optimizer):
+            return
+        slot_index = {id(_tf_variable(s)): i for i, s in enumerate(slots)}
+        for variable in var_list:
+            if not _is_float(variable) or not self._rows_allowed(variable):
+                continue
+            lazy_slots = tuple(
+                (slot_index[id(_tf_variable(slot))], slot)
+                for slot in (self._slot_of(name, variable) for name in rule.slots or ())
+                if slot is not None
+            )
+            self._row_plans[self._variable_key(variable)] = _RowPlan(
+                self._variable_index(variable), lazy_slots)
+            self._row_slot_ids.update(id(_tf_variable(s)) for _, s in lazy_slots)
+
+    def _slot_rounding(self):
+        return "rne" if self._update_rounding == "kahan" else self._update_rounding
+
+    def _rounded(self, value, rounding, seed_index, step):
+        """`value` rounded to BF16; a seeded stochastic rounding varies per step."""
+        seed = None
+        if rounding == "stochastic" and self._seed is not None:
+            seed = tf.stack([tf.constant(self._seed, tf.int64) + seed_index,
+                             tf.cast(step, tf.int64)])
+        return round_bf16(value, rounding, seed=seed)
+
+    @staticmethod
+    def _kahan(old, value, compensation):
+        """Kahan-compensated BF16 store of `value` (the FP32 `old + u`).
+
+        Returns the new BF16 weight and compensation; where the inner
+        optimizer left the weight unchanged (a zero update, or a row a
+        sparse update did not touch) both stay as they are.
+        """
+        y = (value - old) - compensation
+        rounded = round_bf16(old + y, "rne")
+        new_compensation = round_bf16((rounded - old) - y, "rne")
+        unchanged = tf.equal(value, old)
+        return (tf.where(unchanged, value, rounded),
+                tf.where(unchanged, compensation, new_compensation))
+
+    # The whole-variable path: after the inner optimizer's step.
+
+    def _check_strategy(self):
+        strategy = tf.distribute.get_strategy()
+        if tf.distribute.has_strategy() and not isinstance(strategy, _SUPPORTED_STRATEGIES):
+            raise NotImplementedError(
+                "tfbf16.optimizers.BF16Weights supports no strategy, OneDeviceStrategy, "
+                "MirroredStrategy and MultiWorkerMirroredStrategy; got "
+                f"{type(strategy).__name__}.")
+        if (strategy.num_replicas_in_sync > 1 and self._seed is None
+                and "stochastic" in (self._update_rounding, self._slot_rounding())):
+            raise ValueError(
+                "Stochastic rounding under several replicas needs a seed, so that "
+                "every replica rounds its copy of the weights alike: pass "
+                "BF16Weights(..., seed=<int>).")
+
+    def _apply_with_rounding(self, grads, variables, inner_apply):
+        """Runs `inner_apply()` and stores its results in BF16.
+
+        Weights rounded row by row are handled inside the inner optimizer's
+        update step (`_update_step_with_rounding`); the others, and the
+        slots not rounded with their rows, are rounded here, after the
+        inner step, in the strategy's update context (once per copy of each
+        weight, after the all-reduce).
+        """
+        self._check_strategy()
+        whole = [
+            (self._variable_index(variable), variable)
+            for grad, variable in zip(grads, variables)
+            if grad is not None and _is_float(variable) and not self.rounds_rows(variable)
         ]
+        old_values = [
+            tf.identity(_tf_variable(variable)) if self._update_rounding == "kahan" else None
+            for _, variable in whole
+        ]
+        result = inner_apply()
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._round_whole_variables, tf.distribute.get_strategy(), whole, old_values)
+        return result
 
-    def _read_old_values(self, pairs):
-        """The weights before the inner step (only Kahan needs them)."""
-        if self._update_rounding != "kahan":
-            return None
-        return [tf.identity(_tf_variable(variable)) for _, variable in pairs]
-
-    def _store_in_bf16(self, pairs, old_values):
-        """Rounds the weights the inner step updated (and the slots)."""
-        for position, (index, variable) in enumerate(pairs):
-            value = tf.convert_to_tensor(_tf_variable(variable))
-            if self._update_rounding == "kahan":
-                compensation = self._compensation_of(variable)
-                old = old_values[position]
-                y = (value - old) - tf.convert_to_tensor(_tf_variable(compensation))
-                t = round_bf16(old + y, "rne")
-                compensation.assign(round_bf16((t - old) - y, "rne"))
-                variable.assign(t)
-            else:
-                variable.assign(self._round(value, self._update_rounding, index))
+    def _round_whole_variables(self, distribution, whole, old_values):
+        for (index, variable), old in zip(whole, old_values):
+            distribution.extended.update(
+                _tf_variable(variable),
+                lambda v, old, index=index: self._round_variable(v, index, old, self.iterations),
+                args=(old,), group=False)
         if self._round_slots:
             rounding = self._slot_rounding()
             for index, slot in enumerate(self._inner_slot_variables()):
-                value = tf.convert_to_tensor(_tf_variable(slot))
-                slot.assign(self._round(value, rounding, 1_000_003 + index))
+                if id(_tf_variable(slot)) in self._row_slot_ids:
+                    continue
+                distribution.extended.update(
+                    _tf_variable(slot),
+                    lambda s, index=index: s.assign(self._rounded(
+                        tf.convert_to_tensor(s), rounding, _SLOT_SEED_OFFSET + index,
+                        self.iterations)),
+                    group=False)
+
+    def _round_variable(self, variable, index, old, step):
+        value = tf.convert_to_tensor(variable)
+        if self._update_rounding == "kahan":
+            compensation = _tf_variable(self._compensation_of(variable))
+            rounded, new_compensation = self._kahan(old, value, tf.convert_to_tensor(compensation))
+            compensation.assign(new_compensation)
+            variable.assign(rounded)
+        else:
+            variable.assign(self._rounded(value, self._update_rounding, index, step))
+
+    # The row-wise path: inside the inner optimizer's update step.
+
+    def _update_step_with_rounding(self, update_step, gradient, variable, *args):
+        """The inner optimizer's `update_step` of one weight, then BF16 storage.
+
+        Runs where the inner optimizer updates the weight (after the
+        all-reduce, once per copy under a strategy), with the gradient it
+        applies. Weights that are not rounded by rows pass through.
+        """
+        key = self._variable_key(variable)
+        plan = self._row_plans.get(key) if key is not None else None
+        if plan is None:
+            return update_step(gradient, variable, *args)
+        kahan = self._update_rounding == "kahan"
+        if not isinstance(gradient, tf.IndexedSlices):
+            old = tf.identity(variable) if kahan else None
+            result = update_step(gradient, variable, *args)
+            step = self._step_during_update()
+            self._round_variable(variable, plan.index, old, step)
+            for index, slot in plan.slots if self._round_slots else ():
+                slot = _tf_variable(slot)
+                slot.assign(self._rounded(tf.convert_to_tensor(slot), self._slot_rounding(),
+                                          _SLOT_SEED_OFFSET + index, step))
+            return result
+        rows = gradient.indices
+        if "stochastic" in (self._update_rounding, self._slot_rounding()):
+            # Duplicate rows would draw different random bits.
+            rows, _ = tf.unique(rows)
+        old = tf.gather(variable, rows) if kahan else None
+        result = update_step(gradient, variable, *args)
+        step = self._step_during_update()
+        value = tf.gather(variable, rows)
+        if kahan:
+            compensation = _tf_variable(self._compensation_of(variable))
+            rounded, new_compensation = self._kahan(old, value, tf.gather(compensation, rows))
+            compensation.scatter_update(tf.IndexedSlices(new_compensation, rows))
+        else:
+            rounded = self._rounded(value, self._update_rounding, plan.index, step)
+        variable.scatter_update(tf.IndexedSlices(rounded, rows))
+        if self._round_slots:
+            for index, slot in plan.slots:
+                slot = _tf_variable(slot)
+                slot.scatter_update(tf.IndexedSlices(self._rounded(
+                    tf.gather(slot, rows), self._slot_rounding(), _SLOT_SEED_OFFSET + index,
+                    step), rows))
+        return result
 
     def _slot_exclusions(self):
         inner = self.inner_optimizer
@@ -179,7 +366,22 @@ class _BF16WeightsLogic:
             "update_rounding": self._update_rounding,
             "round_slots": self._round_slots,
             "seed": self._seed,
+            "sparse_updates": self._sparse_updates,
         }
+
+    def _step_after_update(self):
+        return tf.convert_to_tensor(_tf_variable(self.iterations))
+
+    def _install_update_hook(self, optimizer, method_name):
+        """Routes `optimizer.<method_name>(gradient, variable, ...)` through
+        `_update_step_with_rounding` (the inner optimizer belongs to this
+        wrapper from now on)."""
+        if method_name in vars(optimizer):
+            raise TypeError(
+                f"This {type(optimizer).__name__} is already wrapped by a BF16Weights; "
+                "give each BF16Weights its own optimizer instance.")
+        setattr(optimizer, method_name, functools.partial(
+            self._update_step_with_rounding, getattr(optimizer, method_name)))
 
 
 class BF16Weights(abc.ABC):
@@ -190,8 +392,34 @@ class BF16Weights(abc.ABC):
     rounded (RNE) once when the optimizer is built, so they are BF16 from the
     first step on. With `round_slots=True` the inner optimizer's state
     (momentum, variance, ...; every floating-point optimizer variable except
-    the learning rate) is rounded after every step too, with the same
-    rounding ("rne" for "kahan").
+    the learning rate) is rounded (RNE) when built and after every step,
+    with the same rounding ("rne" for "kahan").
+
+    Embedding tables: when a weight's gradient is a `tf.IndexedSlices` and
+    the inner optimizer changes only the rows it receives, only those rows
+    are rounded (gather, round, scatter; with "kahan" their compensation
+    rows too, and under `round_slots` the slot rows that change with them),
+    so the rounding of a step costs O(batch rows), not O(table). Lazy in
+    this sense (checked by reading their update code and by experiment, in
+    both Kerases): SGD without momentum, Adagrad (and its accumulator
+    slots), RMSprop without momentum and Adadelta (whose slots decay on
+    every row and are rounded whole). Every other optimizer changes every
+    row of a table on every step (Adam's and SGD-momentum's moments decay
+    everywhere; FTRL recomputes each weight from its accumulators, and sets
+    every untouched row to 0 on the first step), so the whole variable is
+    rounded, as it is when weight decay, a constraint, a moving average
+    (`use_ema`) or gradient accumulation also touch it. For the lazy
+    optimizers the result is bit-identical to rounding whole variables
+    (`sparse_updates=False`) with "rne", "trunc" and "kahan"; with
+    "stochastic" the random bits differ (they are drawn for the updated
+    rows only), the distribution does not.
+
+    Distribution: without a strategy, and under `OneDeviceStrategy`,
+    `MirroredStrategy` and `MultiWorkerMirroredStrategy`. The rounding runs
+    where the inner optimizer updates each weight, after the all-reduce,
+    once per copy; stochastic rounding then needs a `seed`, so that every
+    replica draws the same bits and the copies stay bit-identical. Kahan
+    buffers are created like slots (mirrored under the strategy's scope).
 
     Works with Keras 3 optimizers (`keras.optimizers.*`) and tf_keras ones
     (`tf_keras.optimizers.*`, what `tf.keras` is under
@@ -200,7 +428,9 @@ class BF16Weights(abc.ABC):
     Keras' `Optimizer` (and an instance of this class), usable in
     `model.compile`, `fit` and custom loops. Its variables (the inner
     optimizer's and the Kahan compensation buffers) are saved and restored
-    by `tf.train.Checkpoint(optimizer=...)` and `model.save`.
+    by `tf.train.Checkpoint(optimizer=...)` and `model.save`. The inner
+    optimizer becomes part of the wrapper: do not use it on its own, nor
+    wrap it twice.
 
     Combine it with `tfbf16.wrap` for a model that computes and stores its
     weights in BF16; it also works on an unwrapped model (BF16 storage only).
@@ -214,16 +444,23 @@ class BF16Weights(abc.ABC):
             (RNE with a BF16 compensation buffer per weight).
         round_slots: also store the inner optimizer's state in BF16.
         seed: None to draw stochastic rounding from TensorFlow's global
-            random state; an int for a stochastic rounding that is a pure
-            function of (seed, step, weight).
+            random state (single replica only); an int for a stochastic
+            rounding that is a pure function of (seed, step, weight, rows).
+        sparse_updates: round only the updated rows of sparse updates of
+            lazy optimizers (see above); False rounds whole variables (the
+            slower path, kept to compare).
         name: the optimizer's name (default "bf16_weights").
 
     Returns:
         A Keras optimizer.
 
     Raises:
-        ValueError: for an unknown `update_rounding`.
-        TypeError: if `optimizer` is not a Keras 3 or tf_keras optimizer.
+        ValueError: for an unknown `update_rounding`; when applied under
+            several replicas with stochastic rounding and no seed.
+        TypeError: if `optimizer` is not a Keras 3 or tf_keras optimizer,
+            or is already wrapped.
+        NotImplementedError: when applied under another strategy
+            (parameter servers, TPUs).
 
     Example:
 
@@ -253,19 +490,30 @@ class BF16Weights(abc.ABC):
         )
 
 
+# Keras 3 optimizers that change only the rows of a sparse gradient (their
+# `update_step`s, Keras 3.15: scatter updates of the variable; slots as noted).
+_KERAS3_LAZY = {
+    keras.optimizers.SGD: LazyRule(lambda o: o.momentum == 0),
+    keras.optimizers.Adagrad: LazyRule(lambda o: True, slots=("_accumulators",)),
+    keras.optimizers.RMSprop: LazyRule(lambda o: o.momentum == 0, slots=None),
+    keras.optimizers.Adadelta: LazyRule(lambda o: True, slots=None),
+}
+
+
 @keras.saving.register_keras_serializable(package="tfbf16", name="BF16Weights")
 class Keras3BF16Weights(_BF16WeightsLogic, keras.optimizers.Optimizer):
     """Keras 3 implementation of `BF16Weights` (see its docstring)."""
 
     def __init__(self, optimizer, update_rounding="rne", *, round_slots=False,
-                 seed=None, name=None):
+                 seed=None, sparse_updates=True, name=None):
         if not isinstance(optimizer, keras.optimizers.Optimizer):
             raise TypeError(f"optimizer must be a Keras 3 optimizer; got {optimizer!r}.")
         if isinstance(optimizer, BF16Weights):
             raise TypeError("BF16Weights cannot wrap another BF16Weights.")
         super().__init__(learning_rate=0.0, name=name or "bf16_weights")
+        self._init_bf16(update_rounding, round_slots, seed, sparse_updates)
+        self._install_update_hook(optimizer, "update_step")
         self.inner_optimizer = optimizer
-        self._init_bf16(update_rounding, round_slots, seed)
 
     def build(self, var_list):
         if self.built:
@@ -278,17 +526,40 @@ class Keras3BF16Weights(_BF16WeightsLogic, keras.optimizers.Optimizer):
                 for v in var_list
             ]
         super().build(var_list)
-        self.round_weights(var_list)
+        self._finish_build(var_list)
+
+    def _variable_key(self, variable):
+        return self._var_key(variable)
+
+    def _variable_index(self, variable):
+        return self._get_variable_index(variable)
 
     def _compensation_of(self, variable):
         return self._compensations[self._get_variable_index(variable)]
+
+    def _lazy_rule(self):
+        return _KERAS3_LAZY.get(type(self.inner_optimizer))
+
+    def _rows_allowed(self, variable):
+        inner = self.inner_optimizer
+        return (getattr(variable, "constraint", None) is None
+                and not getattr(variable, "overwrite_with_gradient", False)
+                and not inner.use_ema and not inner.gradient_accumulation_steps
+                and (inner.weight_decay is None or not inner._use_weight_decay(variable)))
+
+    def _slot_of(self, name, variable):
+        slots = getattr(self.inner_optimizer, name, None) or ()
+        return slots[self.inner_optimizer._get_variable_index(variable)] if slots else None
+
+    def _step_during_update(self):
+        # Keras 3 counts the step after every weight's update_step.
+        return tf.convert_to_tensor(_tf_variable(self.inner_optimizer.iterations)) + 1
 
     @property
     def variables(self):
         return self._variables[:] + list(self.inner_optimizer.variables)
 
     def apply(self, grads, trainable_variables=None):
-        _check_single_replica()
         grads = list(grads)
         if trainable_variables is None:
             if not self.built:
@@ -302,10 +573,8 @@ class Keras3BF16Weights(_BF16WeightsLogic, keras.optimizers.Optimizer):
             if not self.built:
                 with tf.init_scope():
                     self.build(variables)
-        pairs = self._updated_pairs(grads, variables)
-        old_values = self._read_old_values(pairs)
-        self.inner_optimizer.apply(grads, trainable_variables)
-        self._store_in_bf16(pairs, old_values)
+        self._apply_with_rounding(
+            grads, variables, lambda: self.inner_optimizer.apply(grads, trainable_variables))
 
     def apply_gradients(self, grads_and_vars):
         grads, variables = zip(*grads_and_vars)
@@ -349,19 +618,31 @@ class Keras3BF16Weights(_BF16WeightsLogic, keras.optimizers.Optimizer):
         return cls(optimizer, **config)
 
 
+# tf_keras optimizers that change only the rows of a sparse gradient (their
+# `update_step`s, tf_keras 2.21). SGD keeps a momentum slot even without
+# momentum: its rows outside the gradient become 0 (already BF16).
+_TF_KERAS_LAZY = {
+    tf_keras.optimizers.SGD: LazyRule(lambda o: o.momentum == 0, slots=("momentums",)),
+    tf_keras.optimizers.Adagrad: LazyRule(lambda o: True, slots=("_accumulators",)),
+    tf_keras.optimizers.RMSprop: LazyRule(lambda o: o.momentum == 0, slots=None),
+    tf_keras.optimizers.Adadelta: LazyRule(lambda o: True, slots=None),
+}
+
+
 @tf_keras.saving.register_keras_serializable(package="tfbf16", name="BF16Weights")
 class TfKerasBF16Weights(_BF16WeightsLogic, tf_keras.optimizers.Optimizer):
     """tf_keras implementation of `BF16Weights` (see its docstring)."""
 
     def __init__(self, optimizer, update_rounding="rne", *, round_slots=False,
-                 seed=None, name=None):
+                 seed=None, sparse_updates=True, name=None):
         if not isinstance(optimizer, tf_keras.optimizers.Optimizer):
             raise TypeError(f"optimizer must be a tf_keras optimizer; got {optimizer!r}.")
         if isinstance(optimizer, BF16Weights):
             raise TypeError("BF16Weights cannot wrap another BF16Weights.")
         super().__init__(name=name or "bf16_weights", jit_compile=False)
+        self._init_bf16(update_rounding, round_slots, seed, sparse_updates)
+        self._install_update_hook(optimizer, "_update_step")
         self.inner_optimizer = optimizer
-        self._init_bf16(update_rounding, round_slots, seed)
 
     def build(self, var_list):
         if getattr(self, "_built", False):
@@ -374,11 +655,36 @@ class TfKerasBF16Weights(_BF16WeightsLogic, tf_keras.optimizers.Optimizer):
                 self.add_variable_from_reference(v, "kahan_compensation")
                 for v in var_list
             ]
-        self.round_weights(var_list)
+        self._finish_build(var_list)
         self._built = True
 
+    def _variable_key(self, variable):
+        if getattr(variable, "_unique_id", None) is None:
+            return None  # tf_keras' model.save traces update steps with placeholders
+        return self._var_key(variable)
+
+    def _variable_index(self, variable):
+        return self._index_dict[self._var_key(variable)]
+
     def _compensation_of(self, variable):
-        return self._compensations[self._index_dict[self._var_key(variable)]]
+        return self._compensations[self._variable_index(variable)]
+
+    def _lazy_rule(self):
+        return _TF_KERAS_LAZY.get(type(self.inner_optimizer))
+
+    def _rows_allowed(self, variable):
+        inner = self.inner_optimizer
+        return (getattr(variable, "constraint", None) is None and not inner.use_ema
+                and (inner.weight_decay is None or not inner._use_weight_decay(variable)))
+
+    def _slot_of(self, name, variable):
+        inner = self.inner_optimizer
+        slots = getattr(inner, name, None) or ()
+        return slots[inner._index_dict[inner._var_key(variable)]] if slots else None
+
+    def _step_during_update(self):
+        # tf_keras counts the step after every weight's update step.
+        return tf.convert_to_tensor(self.inner_optimizer.iterations) + 1
 
     @property
     def variables(self):
@@ -386,7 +692,6 @@ class TfKerasBF16Weights(_BF16WeightsLogic, tf_keras.optimizers.Optimizer):
 
     def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
                         **kwargs):
-        _check_single_replica()
         grads_and_vars = list(grads_and_vars)
         if not grads_and_vars:
             return self.iterations
@@ -394,14 +699,10 @@ class TfKerasBF16Weights(_BF16WeightsLogic, tf_keras.optimizers.Optimizer):
         variables = [v for _, v in grads_and_vars]
         with tf.init_scope():
             self.build(variables)
-        pairs = self._updated_pairs(grads, variables)
-        old_values = self._read_old_values(pairs)
-        iteration = self.inner_optimizer.apply_gradients(
-            grads_and_vars, name=name,
-            skip_gradients_aggregation=skip_gradients_aggregation, **kwargs
-        )
-        self._store_in_bf16(pairs, old_values)
-        return iteration
+        return self._apply_with_rounding(
+            grads, variables, lambda: self.inner_optimizer.apply_gradients(
+                grads_and_vars, name=name,
+                skip_gradients_aggregation=skip_gradients_aggregation, **kwargs))
 
     @property
     def iterations(self):
