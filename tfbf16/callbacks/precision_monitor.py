@@ -162,8 +162,8 @@ class PrecisionMonitor(recorder_lib.ObservingCallback):
             self._epoch_values[key].append(value)
         self._last = values
         if self._writer is not None:
-            tensorboard.write_scalars(self._writer, step, values, flush=False)
-            tensorboard.write_histograms(self._writer, step, hists, flush=False)
+            tensorboard.write_scalars(self._writer, step, values)
+            tensorboard.write_histograms(self._writer, step, hists)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -173,10 +173,6 @@ class PrecisionMonitor(recorder_lib.ObservingCallback):
                 logs[key] = float(np.mean(values))
         else:
             logs.update(self._last)
-        if self._writer is not None:
-            self._writer.flush()
 
     def on_train_end(self, logs=None):
         self._detach()
-        if self._writer is not None:
-            self._writer.flush()
