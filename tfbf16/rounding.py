@@ -11,16 +11,37 @@ flush subnormal *arithmetic* results to zero; integer and bitcast ops do not).
 The float32 path is compiled with XLA by default so that the chain of bit
 operations fuses into one memory pass even inside a graph that is not itself
 XLA-compiled; see `set_xla_rounding`.
+
+Stochastic rounding adds 16 random bits to the 16 bits that are dropped. The
+random bits of element i (in row-major order) are the top bits of output
+i + 1 of SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number
+generators", OOPSLA 2014; Java's `SplittableRandom`), started from a 64-bit
+key that SplitMix64's mixing function makes of the seed. SplitMix64 is a
+counter-based generator: output i is a bijective integer hash (Stafford's
+"Mix13" finalizer: two 64-bit multiplies, three xor-shifts) of
+key + i * 0x9E3779B97F4A7C15, so it is computed in the same fused loop as the
+rounding, from the element's index alone, at no measurable cost next to the
+memory traffic. Its output sequence passes TestU01's BigCrush; tfbf16's own
+tests check uniformity of the bits and independence between neighbouring
+elements, steps and seeds. It was chosen over TensorFlow's Philox
+(`tf.random.stateless_uniform`: a separate op and memory pass, about 55x
+slower in this kernel) and over 32-bit hashes (a 32-bit counter repeats after
+2**32 elements, and two keys of a one-round 32-bit hash give permutations of
+the same values).
 """
 
-import tensorflow as tf
+import numbers
 
-ROUNDINGS = ("rne", "trunc", "stochastic")
+import numpy as np
+import tensorflow as tf
 
 #: Integer codes for a rounding held in a tensor (e.g. a variable that a
 #: callback changes while a traced training step keeps running). Code 0,
 #: "fp32", leaves values unchanged.
 ROUNDING_CODES = {"fp32": 0, "rne": 1, "trunc": 2, "stochastic": 3}
+
+#: The roundings to bfloat16 values (every code but "fp32").
+ROUNDINGS = tuple(name for name in ROUNDING_CODES if name != "fp32")
 
 # float32 bit-pattern constants, as int32 (TensorFlow's integer kernels wrap).
 _HIGH_HALF_MASK = -65536  # 0xFFFF0000
@@ -30,16 +51,26 @@ _SIGN_MASK = -2147483648  # 0x80000000
 _QUIET_NAN = 0x7FC00000
 _RNE_BIAS = 0x7FFF
 
+# SplitMix64: the increment ("golden gamma") and the two multipliers of its
+# output function (David Stafford's Mix13, as in Java's SplittableRandom).
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_MIX_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+_MIX_SHIFTS = (30, 27, 31)
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
 _state = {"use_xla": True}
 
 
 def set_xla_rounding(enabled):
     """Chooses whether the float32 rounding kernel is compiled with XLA.
 
-    XLA fuses the bit operations into a single pass over memory (about the
-    cost of a copy); without it each bit operation is a separate TensorFlow
-    kernel. The results are bit-identical either way. Disable it only on a
-    device without XLA support.
+    XLA fuses the bit operations (and stochastic rounding's random-bit hash)
+    into a single pass over memory; without it each bit operation is a
+    separate TensorFlow kernel with its own pass (several times slower, much
+    more so for stochastic rounding). The results are bit-identical either
+    way. Disable it only on a device without XLA support. The setting is
+    read when a function is traced.
 
     Args:
         enabled: bool.
@@ -59,10 +90,17 @@ def check_rounding(rounding, allowed=ROUNDINGS):
 
     Returns:
         `rounding`, unchanged.
+
+    Raises:
+        ValueError: if `rounding` is not one of `allowed`.
     """
     if _is_runtime_code(rounding):
         return rounding
-    if rounding not in allowed:
+    return _check_name(rounding, allowed)
+
+
+def _check_name(rounding, allowed):
+    if not isinstance(rounding, str) or rounding not in allowed:
         raise ValueError(
             f"Unknown rounding {rounding!r}. Valid roundings are: "
             f"{', '.join(repr(r) for r in allowed)}."
@@ -86,13 +124,82 @@ def _read_code(rounding):
 
 
 def rounding_code(rounding):
-    """The integer code (see `ROUNDING_CODES`) of a rounding name."""
-    if rounding not in ROUNDING_CODES:
-        raise ValueError(
-            f"Unknown rounding {rounding!r}. Valid roundings are: "
-            f"{', '.join(repr(r) for r in ROUNDING_CODES)}."
-        )
-    return ROUNDING_CODES[rounding]
+    """The integer code (see `ROUNDING_CODES`) of a rounding name.
+
+    Raises:
+        ValueError: if `rounding` is not a key of `ROUNDING_CODES`.
+    """
+    return ROUNDING_CODES[_check_name(rounding, tuple(ROUNDING_CODES))]
+
+
+# ---------------------------------------------------------------- random bits
+
+
+def _u64(value):
+    return tf.constant(value, tf.uint64)
+
+
+def _mix64(z):
+    """SplitMix64's output function: a bijection of uint64 with full avalanche."""
+    shift_a, shift_b, shift_c = (_u64(s) for s in _MIX_SHIFTS)
+    z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, shift_a)) * _u64(_MIX_MULTIPLIERS[0])
+    z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, shift_b)) * _u64(_MIX_MULTIPLIERS[1])
+    return tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, shift_c))
+
+
+def _stream_key(seed):
+    """The 64-bit SplitMix64 state of a stateless seed (int64 tensor [2]).
+
+    Both words go through the mixing function, so seeds that differ in one
+    bit of either word (or in consecutive steps) give unrelated keys, hence
+    unrelated streams.
+    """
+    words = tf.bitcast(tf.cast(seed, tf.int64), tf.uint64)
+    return _mix64(_mix64(words[0] + _u64(_GOLDEN_GAMMA)) + words[1])
+
+
+def _random_bits(shape, seed, count):
+    """`count` (<= 32) uniform random bits per element, a pure function of seed.
+
+    Element i (row-major) gets the top `count` bits of output i + 1 of
+    SplitMix64 started from `_stream_key(seed)`.
+
+    Args:
+        shape: the int32 shape tensor of the result.
+        seed: int64 tensor of shape [2].
+        count: how many bits.
+
+    Returns:
+        uint64 tensor of `shape`, values in [0, 2**count).
+    """
+    size = tf.reduce_prod(tf.cast(shape, tf.int64))
+    counter = tf.bitcast(tf.range(1, size + 1, dtype=tf.int64), tf.uint64)
+    state = _stream_key(seed) + counter * _u64(_GOLDEN_GAMMA)
+    bits = tf.bitwise.right_shift(_mix64(state), _u64(64 - count))
+    return tf.reshape(bits, shape)
+
+
+# ------------------------------------------------------------- float32 kernel
+
+
+def _round_float32_static(x, rounding, seed):
+    """Rounds a float32 tensor with the rounding named by a Python string."""
+    bits = tf.bitcast(x, tf.int32)
+    if rounding == "rne":
+        lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
+        bits_to_mask = bits + (_RNE_BIAS + lsb)
+    elif rounding == "stochastic":
+        random = tf.cast(_random_bits(tf.shape(x), seed, 16), tf.int32)
+        bits_to_mask = bits + random
+    else:
+        bits_to_mask = bits
+    rounded = tf.bitwise.bitwise_and(bits_to_mask, _HIGH_HALF_MASK)
+    # A NaN becomes the canonical quiet NaN with its sign kept (what
+    # ml_dtypes and AVX512_BF16 produce); without this guard adding a bias
+    # or masking can turn a NaN into an Inf.
+    is_nan = tf.bitwise.bitwise_and(bits, _ABS_MASK) > _EXP_MASK
+    nan_bits = tf.bitwise.bitwise_or(tf.bitwise.bitwise_and(bits, _SIGN_MASK), _QUIET_NAN)
+    return tf.bitcast(tf.where(is_nan, nan_bits, rounded), tf.float32)
 
 
 def _round_float32_bits(x, rounding, seed):
@@ -101,90 +208,31 @@ def _round_float32_bits(x, rounding, seed):
     Args:
         x: float32 tensor.
         rounding: one of `ROUNDINGS`, or an int32 scalar tensor holding a
-            code of `ROUNDING_CODES` (all modes in one fused kernel).
-        seed: int64 tensor of shape [2], the stateless seed of the random
-            bits of stochastic rounding (unused by the other modes).
+            code of `ROUNDING_CODES` (the mode is chosen when the graph runs;
+            only the chosen mode's work is done).
+        seed: int64 tensor of shape [2], the seed of the random bits of
+            stochastic rounding (unused by the other modes).
 
     Returns:
         float32 tensor whose low 16 bits are zero (or a canonical NaN), or
-        x unchanged for the runtime code of "fp32".
+        x unchanged for the runtime code of "fp32". An out-of-range runtime
+        code gives NaN everywhere, so that it cannot go unnoticed.
     """
-    bits = tf.bitcast(x, tf.int32)
-    original = bits
-    mask = _HIGH_HALF_MASK
-    if _is_runtime_code(rounding):
-        lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
-        random_bits = tf.cond(
-            tf.equal(rounding, ROUNDING_CODES["stochastic"]),
-            lambda: _stateless_random_bits(tf.shape(x), seed),
-            lambda: tf.zeros(tf.shape(x), tf.int32),
-        )
-        bias = tf.where(
-            tf.equal(rounding, ROUNDING_CODES["rne"]),
-            _RNE_BIAS + lsb,
-            random_bits,
-        )
-        bits = bits + bias
-        mask = tf.where(tf.equal(rounding, ROUNDING_CODES["fp32"]), -1, _HIGH_HALF_MASK)
-    elif rounding == "rne":
-        lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
-        bits = bits + (_RNE_BIAS + lsb)
-    elif rounding == "stochastic":
-        bits = bits + _stateless_random_bits(tf.shape(x), seed)
-    rounded = tf.bitwise.bitwise_and(bits, mask)
-    # A NaN becomes the canonical quiet NaN with its sign kept (what
-    # ml_dtypes and AVX512_BF16 produce); without this guard adding a bias
-    # or masking can turn a NaN into an Inf.
-    is_nan = tf.bitwise.bitwise_and(original, _ABS_MASK) > _EXP_MASK
-    nan_bits = tf.bitwise.bitwise_or(
-        tf.bitwise.bitwise_and(original, _SIGN_MASK), _QUIET_NAN
+    if not _is_runtime_code(rounding):
+        return _round_float32_static(x, rounding, seed)
+    branches = [lambda: tf.identity(x)] + [
+        (lambda name: lambda: _round_float32_static(x, name, seed))(name)
+        for name in ROUNDINGS
+    ]
+    return tf.switch_case(
+        tf.cast(rounding, tf.int32), branches,
+        default=lambda: tf.fill(tf.shape(x), np.float32(np.nan)),
     )
-    if _is_runtime_code(rounding):
-        nan_bits = tf.where(tf.equal(rounding, ROUNDING_CODES["fp32"]), original, nan_bits)
-    return tf.bitcast(tf.where(is_nan, nan_bits, rounded), tf.float32)
 
 
 _round_float32_bits_xla = tf.function(
     _round_float32_bits, jit_compile=True, autograph=False, reduce_retracing=True
 )
-
-
-def _stateless_random_bits(shape, seed):
-    """16 uniform random bits per element (int32), a pure function of seed."""
-    return tf.random.stateless_uniform(shape, seed=seed, maxval=2**16, dtype=tf.int32)
-
-
-def _seed_for_call(seed):
-    """A stateless seed for one rounding call.
-
-    An explicit seed is used as it is; with None a fresh seed is drawn from
-    TensorFlow's global random state, so results follow `tf.random.set_seed`
-    and every call (also every call inside one traced function) differs.
-    """
-    if seed is None:
-        return tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
-    return _as_stateless_seed(seed)
-
-
-def _as_stateless_seed(seed):
-    """Converts an int or a shape-[2] integer tensor into a stateless seed."""
-    if isinstance(seed, int):
-        return tf.constant([seed, 0], dtype=tf.int64)
-    seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer or seed.shape.rank != 1 or seed.shape[0] != 2:
-        raise ValueError(
-            "seed must be None, a Python int or an integer tensor of shape [2]; "
-            f"got {seed!r}."
-        )
-    return seed
-
-
-def _derive_seed(seed, offset):
-    """A second, distinct stateless seed derived from `seed` (None stays None)."""
-    if seed is None:
-        return None
-    seed = _as_stateless_seed(seed)
-    return seed + tf.constant([0, offset], dtype=seed.dtype)
 
 
 def _round_float32(x, rounding, seed):
@@ -199,6 +247,96 @@ def _round_float32(x, rounding, seed):
     if not tf.executing_eagerly():
         rounded.set_shape(x.shape)  # the traced kernel may relax the shape
     return rounded
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def _seed_for_call(seed):
+    """A stateless seed (int64 tensor [2]) for one rounding call.
+
+    An explicit seed is used as it is; with None a fresh seed is drawn from
+    TensorFlow's global random state, so results follow `tf.random.set_seed`
+    and every call (also every call inside one traced function) differs.
+    Under `jit_compile=True` TensorFlow ignores the global seed for this
+    draw: calls still differ, but are not reproducible.
+    """
+    if seed is None:
+        return tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+    return _as_stateless_seed(seed)
+
+
+def _check_seed(seed):
+    """Validates a user seed (see `round_bf16`); a variable is read, the rest kept.
+
+    Raises:
+        TypeError: for a bool, float or non-integer seed.
+        ValueError: for an int outside int64 or a tensor not of shape [2].
+    """
+    if seed is None or _is_python_int(seed):
+        _check_int64(seed, "seed")
+        return seed
+    if isinstance(seed, (bool, np.bool_, float, np.floating)):
+        raise TypeError(f"seed must be None, an int or an integer tensor of shape [2]; "
+                        f"got {type(seed).__name__} {seed!r}.")
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != 2 or not all(_is_python_int(s) for s in seed):
+            raise TypeError(f"seed given as a list must hold two ints; got {seed!r}.")
+        for word in seed:
+            _check_int64(word, "seed")
+        return seed
+    dtype = getattr(seed, "dtype", None)
+    if dtype is None:
+        raise TypeError(f"seed must be None, an int or an integer tensor of shape [2]; "
+                        f"got {type(seed).__name__} {seed!r}.")
+    dtype = tf.as_dtype(dtype)
+    if not dtype.is_integer:
+        raise TypeError(f"seed must be an integer tensor of shape [2]; got dtype {dtype.name}.")
+    shape = tf.TensorShape(seed.shape)
+    if shape != tf.TensorShape([2]):
+        raise ValueError(f"seed must be an integer tensor of shape [2]; got shape {shape}.")
+    if isinstance(seed, tf.Variable):
+        # Read now: a variable read inside the custom-gradient function would
+        # be taken for a differentiable input.
+        return tf.convert_to_tensor(seed)
+    return seed
+
+
+def _is_python_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_int64(value, name):
+    if value is not None and not _INT64_MIN <= int(value) <= _INT64_MAX:
+        raise ValueError(f"{name} must fit in int64 ([-2**63, 2**63 - 1]); got {value}.")
+
+
+def _as_stateless_seed(seed):
+    """Converts a checked seed (int, two ints or an integer tensor [2]) to int64 [2]."""
+    if _is_python_int(seed):
+        return tf.constant([int(seed), 0], dtype=tf.int64)
+    if isinstance(seed, (list, tuple)):
+        return tf.constant([int(s) for s in seed], dtype=tf.int64)
+    return tf.cast(seed, tf.int64)
+
+
+def _derive_seed(seed, stream):
+    """A seed for a second random stream, unrelated to `seed` and to its steps.
+
+    The first word is xor-ed with a multiple of SplitMix64's increment, so the
+    result cannot coincide with the seeds [base + index, step] that callers
+    build from small integers (adding 1 to the second word would: it is the
+    next step's seed). None stays None.
+    """
+    if seed is None:
+        return None
+    seed = _as_stateless_seed(seed)
+    offset = (stream * _GOLDEN_GAMMA) % 2**64
+    offset = offset - 2**64 if offset > _INT64_MAX else offset
+    return tf.bitwise.bitwise_xor(seed, tf.constant([offset, 0], tf.int64))
+
+
+# ---------------------------------------------------------------- float64
 
 
 # float64 bit-pattern constants.
@@ -216,7 +354,9 @@ def _round_float64(x, rounding, seed):
 
     Everything happens on the integer bit pattern: TensorFlow's CPU casts
     between float64 and float32 flush float32 subnormals to zero, so no
-    float32 intermediate is used.
+    float32 intermediate is used. Stochastic rounding compares the top 32
+    dropped bits with 32 bits of the same generator as the float32 path.
+    This path is not XLA-compiled on its own (float64 models are rare).
     """
     bits = tf.bitcast(x, tf.int64)
     sign = tf.bitwise.bitwise_and(bits, tf.constant(-(2**63), tf.int64))
@@ -242,9 +382,7 @@ def _round_float64(x, rounding, seed):
     else:
         # The top 32 bits of the dropped fraction against 32 random bits.
         fraction = tf.bitwise.right_shift(remainder, tf.minimum(shift - 32, 63))
-        threshold = tf.random.stateless_uniform(
-            tf.shape(x), seed=_seed_for_call(seed), maxval=2**32, dtype=tf.int64
-        )
+        threshold = tf.cast(_random_bits(tf.shape(x), _seed_for_call(seed), 32), tf.int64)
         up = fraction + threshold >= 2**32
     kept = kept + tf.cast(up, tf.int64)
     # The result is kept * 2**scale_exponent, a normal float64: an exact
@@ -266,6 +404,9 @@ def _round_float64(x, rounding, seed):
     return tf.bitcast(result_bits, tf.float64)
 
 
+# ---------------------------------------------------------------- dispatch
+
+
 def _round_raw(x, rounding, seed):
     """Rounding without gradient; `x` is a floating tensor, `rounding` valid."""
     dtype = x.dtype
@@ -284,6 +425,7 @@ def _round_raw(x, rounding, seed):
                 [lambda: x] + [
                     (lambda r: lambda: _round_float64(x, r, seed))(r) for r in ROUNDINGS
                 ],
+                default=lambda: tf.fill(tf.shape(x), np.float64(np.nan)),
             )
         return _round_float64(x, rounding, seed)
     raise TypeError(_dtype_error(dtype))
@@ -297,17 +439,27 @@ def _dtype_error(dtype):
     )
 
 
-def _to_float_tensor(x):
+def _to_float_tensor(x, what="round_bf16"):
     """Converts x to a tensor and checks that its dtype is floating."""
     if isinstance(x, tf.IndexedSlices):
         raise TypeError(
-            "round_bf16 takes dense tensors; round an IndexedSlices through "
-            "its .values."
+            f"{what} takes dense tensors; round an IndexedSlices through "
+            "its .values (or with round_gradient)."
         )
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise TypeError(_dtype_error(x.dtype))
     return x
+
+
+def _map_values(x, fn):
+    """Applies `fn` to a dense tensor, or to the values of a ragged or sparse
+    tensor (whose structure is kept: their implicit zeros are exact in BF16)."""
+    if isinstance(x, tf.RaggedTensor):
+        return x.with_flat_values(fn(x.flat_values))
+    if isinstance(x, tf.SparseTensor):
+        return tf.SparseTensor(x.indices, fn(x.values), x.dense_shape)
+    return fn(x)
 
 
 def round_bf16(x, rounding="rne", *, seed=None):
@@ -324,32 +476,39 @@ def round_bf16(x, rounding="rne", *, seed=None):
       become +-Inf, NaN becomes the quiet NaN of the same sign.
     - "trunc": round toward zero (drop the low 16 mantissa bits); a NaN
       stays a NaN (the canonical quiet NaN of the same sign).
-    - "stochastic": round away from zero with probability equal to the
-      distance to the neighbour nearer zero divided by the gap between the
-      two neighbours, so that E[round_bf16(x)] = x. Inf and NaN are kept.
+    - "stochastic": the result is one of the two bfloat16 neighbours of x;
+      it is the one farther from zero with probability (distance to the
+      neighbour nearer zero) / (gap between them), to 16 bits of resolution,
+      so that E[round_bf16(x)] = x. Inf and NaN are kept as in "trunc"; a
+      value above the largest bfloat16 may round to Inf.
 
     float16 input is rounded as its exact float32 value would be; float64
     input is rounded once, correctly (no double rounding through float32);
-    bfloat16 input is returned unchanged.
+    bfloat16 input is returned unchanged. A `tf.RaggedTensor` or
+    `tf.SparseTensor` is rounded in its values and keeps its structure.
 
     Args:
         x: a floating-point tensor (or anything `tf.convert_to_tensor`
-            accepts).
+            accepts), or a ragged or sparse tensor of floats.
         rounding: one of `tfbf16.ROUNDINGS`, or an integer scalar tensor
             (e.g. a variable) holding a code of `ROUNDING_CODES`, which lets
             a traced function switch rounding without retracing.
-        seed: only for "stochastic". None draws from TensorFlow's global
-            random state (reproducible under `tf.random.set_seed`; each call
-            inside a `tf.function` draws fresh bits); a Python int or an
-            integer tensor of shape [2] makes the result a pure function of
-            `x` and `seed`.
+        seed: only for "stochastic". None draws a fresh seed from
+            TensorFlow's global random state at every call (reproducible
+            under `tf.random.set_seed` in eager mode and `tf.function`; every
+            call, also inside one traced function, gets fresh bits; under
+            `jit_compile=True` calls still differ but TensorFlow ignores the
+            global seed). A Python int (in int64), two ints or an integer
+            tensor of shape [2] makes the result a pure function of `x`,
+            `seed` and the position of each element.
 
     Returns:
-        A tensor of x's dtype and shape.
+        A tensor of x's dtype and shape (ragged/sparse in, ragged/sparse out).
 
     Raises:
-        TypeError: if x is not floating point.
-        ValueError: if `rounding` is not one of `tfbf16.ROUNDINGS`.
+        TypeError: if x is not floating point, or seed is not an integer.
+        ValueError: if `rounding` is not one of `tfbf16.ROUNDINGS`, or seed
+            is outside int64 or not of shape [2].
 
     Example:
 
@@ -357,8 +516,9 @@ def round_bf16(x, rounding="rne", *, seed=None):
     <tf.Tensor: shape=(2,), dtype=float32, numpy=array([1.       , 3.140625], dtype=float32)>
     """
     rounding = _read_code(check_rounding(rounding))
-    x = _to_float_tensor(x)
-    return _straight_through_round(x, rounding, seed)
+    seed = _check_seed(seed)
+    return _map_values(x, lambda values: _straight_through_round(
+        _to_float_tensor(values), rounding, seed))
 
 
 def _straight_through_round(x, rounding, seed):
@@ -373,25 +533,36 @@ def _straight_through_round(x, rounding, seed):
 
 
 def round_gradient(gradient, rounding, *, seed=None):
-    """Rounds a gradient, dense or `tf.IndexedSlices` (kept sparse).
+    """Rounds a gradient, dense, `tf.IndexedSlices` or ragged/sparse (kept so).
 
     Args:
-        gradient: a tensor, an `IndexedSlices`, or None.
-        rounding: one of `tfbf16.ROUNDINGS`, or None to return it unchanged.
+        gradient: a tensor, an `IndexedSlices`, a ragged or sparse tensor,
+            or None.
+        rounding: one of `tfbf16.ROUNDINGS` (or a runtime code tensor, as in
+            `round_bf16`), or None to return the gradient unchanged.
         seed: as in `round_bf16`.
 
     Returns:
         The rounded gradient, of the same kind as `gradient`.
+
+    Raises:
+        TypeError: if the gradient is not floating point, or seed is not an
+            integer.
+        ValueError: if `rounding` is an unknown name, or seed is invalid.
     """
+    if rounding is not None:
+        rounding = _read_code(check_rounding(rounding))
+    seed = _check_seed(seed)
     if gradient is None or rounding is None:
         return gradient
     if isinstance(gradient, tf.IndexedSlices):
         return tf.IndexedSlices(
-            _round_raw(gradient.values, rounding, seed),
+            _round_raw(_to_float_tensor(gradient.values, "round_gradient"), rounding, seed),
             gradient.indices,
             gradient.dense_shape,
         )
-    return _round_raw(tf.convert_to_tensor(gradient), rounding, seed)
+    return _map_values(gradient, lambda values: _round_raw(
+        _to_float_tensor(values, "round_gradient"), rounding, seed))
 
 
 def quantize(x, rounding="rne", grad_rounding="rne", *, seed=None):
@@ -400,24 +571,26 @@ def quantize(x, rounding="rne", grad_rounding="rne", *, seed=None):
     This is the emulation op: the forward pass is `round_bf16(x, rounding)`;
     the backward pass rounds the incoming gradient with `grad_rounding`.
     Gradients that arrive as `tf.IndexedSlices` (from embedding lookups) are
-    rounded in their values and stay sparse.
+    rounded in their values and stay sparse. A ragged or sparse `x` is
+    quantized in its values.
 
     Args:
-        x: a floating-point tensor.
+        x: a floating-point tensor (or a ragged or sparse one).
         rounding: forward rounding, one of `tfbf16.ROUNDINGS` (or a
             runtime code tensor, as in `round_bf16`).
         grad_rounding: backward rounding, one of `tfbf16.ROUNDINGS` (or a
             runtime code tensor), or None to pass the gradient through
             unchanged.
         seed: as in `round_bf16`. With an explicit seed, the backward pass
-            uses a different seed derived from it.
+            uses a different seed derived from it (unrelated to the seeds of
+            other steps).
 
     Returns:
         A tensor of x's dtype and shape.
 
     Raises:
-        TypeError: if x is not floating point.
-        ValueError: if a rounding name is unknown.
+        TypeError: if x is not floating point, or seed is not an integer.
+        ValueError: if a rounding name is unknown, or seed is invalid.
 
     Example:
 
@@ -430,14 +603,17 @@ def quantize(x, rounding="rne", grad_rounding="rne", *, seed=None):
     rounding = _read_code(check_rounding(rounding))
     if grad_rounding is not None:
         grad_rounding = _read_code(check_rounding(grad_rounding))
-    x = _to_float_tensor(x)
+    seed = _check_seed(seed)
     backward_seed = _derive_seed(seed, 1)
 
-    @tf.custom_gradient
-    def _quantize(value):
-        def grad(upstream):
-            return round_gradient(upstream, grad_rounding, seed=backward_seed)
+    def quantize_dense(values):
+        @tf.custom_gradient
+        def _quantize(value):
+            def grad(upstream):
+                return round_gradient(upstream, grad_rounding, seed=backward_seed)
 
-        return _round_raw(value, rounding, seed), grad
+            return _round_raw(value, rounding, seed), grad
 
-    return _quantize(x)
+        return _quantize(_to_float_tensor(values, "quantize"))
+
+    return _map_values(x, quantize_dense)
