@@ -1,6 +1,5 @@
 """tfbf16.callbacks: numbers on layers with known values, no retrace, recovery."""
 
-import glob
 import math
 
 import keras
@@ -9,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
-from tensorflow.core.util import event_pb2
 
 import tfbf16
 from tfbf16 import callbacks as cb
+from tfbf16.utils.tensorboard import read_events
 
 FLAVOURS = pytest.mark.parametrize("K", [keras, tf_keras], ids=["keras3", "tf_keras"])
 
@@ -50,6 +49,39 @@ def test_callbacks_are_callbacks_of_both_keras_versions():
                      cb.NonFiniteGuard()]:
         assert isinstance(callback, keras.callbacks.Callback)
         assert isinstance(callback, tf_keras.callbacks.Callback)
+
+
+def test_get_config_rebuilds_each_callback():
+    callbacks = [
+        cb.PrecisionMonitor(every_n_steps=7, log_dir="logs", rounding="trunc"),
+        cb.PrecisionSchedule({3: {"dense.*": "trunc"}, 0: "fp32"}, unit="step",
+                             grad_rounding="rne", verbose=1),
+        cb.SensitivityProbe((np.zeros((1, 1)), np.zeros((1, 1))), roundings=("rne", "trunc"),
+                            layers=["first"], every_n_steps=5, batch_size=32),
+        cb.NonFiniteGuard(switch_to_fp32=True, snapshot_every=4, raise_error=True, verbose=0),
+    ]
+    for callback in callbacks:
+        config = callback.get_config()
+        if isinstance(callback, cb.SensitivityProbe):  # the data is not configuration
+            rebuilt = type(callback)(callback.validation_data, **config)
+        else:
+            rebuilt = type(callback)(**config)
+        assert rebuilt.get_config() == config, type(callback).__name__
+    assert callbacks[1].get_config()["schedule"] == {0: "fp32", 3: {"dense.*": "trunc"}}
+    assert callbacks[2].get_config()["roundings"] == ["rne", "trunc"]
+
+
+@FLAVOURS
+def test_callbacks_take_their_model_from_either_callback_list(K):
+    wrapped = _guard_model(K)
+    callbacks = [cb.PrecisionMonitor(), cb.PrecisionSchedule({0: "rne"}),
+                 cb.SensitivityProbe((np.zeros((1, 4)), np.zeros((1, 1)))),
+                 cb.NonFiniteGuard()]
+    assert all(callback.model is None for callback in callbacks)
+    K.callbacks.CallbackList(callbacks, model=wrapped)
+    assert all(callback.model is wrapped for callback in callbacks)
+    # tf_keras' Callback constructor resets validation_data; the probe keeps its data.
+    assert callbacks[2].validation_data[0].shape == (1, 4)
 
 
 def test_tensor_statistics_of_known_values():
@@ -94,18 +126,6 @@ def _known_model(K):
     return wrapped
 
 
-def _events(log_dir):
-    found = {}
-    for path in glob.glob(f"{log_dir}/events.*"):
-        for record in tf.data.TFRecordDataset(path):
-            event = event_pb2.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                found.setdefault(value.tag, []).append(
-                    (event.step, value.metadata.plugin_data.plugin_name,
-                     tf.make_ndarray(value.tensor)))
-    return found
-
-
 @FLAVOURS
 def test_precision_monitor_numbers_history_and_tensorboard(K, tmp_path):
     wrapped = _known_model(K)
@@ -133,7 +153,7 @@ def test_precision_monitor_numbers_history_and_tensorboard(K, tmp_path):
     # The instrumented training function is gone; the plain one is back.
     assert not getattr(wrapped.train_function, "tfbf16_instrumented", False)
     assert wrapped.train_function is not None
-    events = _events(tmp_path)
+    events = read_events(tmp_path)
     assert [s for s, _, _ in events["bf16/tiny/grads_rel_error"]] == [0, 1]
     step, plugin, value = events["bf16/tiny/grads_rel_error"][0]
     assert plugin == "scalars" and value == pytest.approx(_relative_error(y), rel=1e-6)
@@ -162,6 +182,25 @@ def test_precision_monitor_overflow_nonfinite_and_interval():
     # The NaN loss made the weights NaN by step 2; the epoch logs are means.
     assert monitor.records[1]["bf16/dense/weights_nonfinite"] == 1.0
     assert history["bf16/dense/weights_nonfinite"] == [0.5]
+
+
+def test_precision_monitor_numbers_do_not_depend_on_jit_compile():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(8, 6)).astype(np.float32)
+    y = rng.normal(size=(8, 1)).astype(np.float32)
+    records = []
+    for jit_compile in (False, True):
+        keras.utils.set_random_seed(5)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="a"),
+                                  keras.layers.Dense(1, name="b")])
+        wrapped = tfbf16.wrap(model, "rne")
+        wrapped.compile(keras.optimizers.SGD(0.01), "mse", jit_compile=jit_compile)
+        monitor = cb.PrecisionMonitor(every_n_steps=1)
+        wrapped.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[monitor])
+        records.append(monitor.records)
+    assert [r["step"] for r in records[1]] == [0, 1]
+    assert records[0] == records[1]
+    assert records[1][1]["bf16/b/grads_rel_error"] > 0
 
 
 def test_precision_monitor_requires_a_wrapped_model():
