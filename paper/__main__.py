@@ -3,29 +3,31 @@ r"""Kalamkar et al. 2019's BF16-vs-FP32 study, one experiment per model family.
 Every experiment is trained under FP32 and under BF16 emulated by tfbf16
 (round-to-nearest-even and truncation) with paired seeds (same initial
 weights and data order for every precision of a seed), then evaluated on
-held-out data. The output directory gets one table in the shape of the
-paper's (results.md, results.json: mean per precision and the paired
-difference to FP32 with its 95% t interval over seeds), training curves per
-experiment, the GAN image grids and a plot of the paired differences; the
-table is printed at the end.
+held-out data. The output directory gets the table (results.md,
+results.json: mean per precision, the paired difference to FP32 with the
+half-width of its 95% t interval over seeds, and the reference each metric is
+read against), training curves per experiment, the GAN image grids and a plot
+of the paired differences; the table is printed at the end.
 
-Laptop scale (the default; nothing is downloaded). Measured on this project's
-shared 2-core machine while other jobs kept its load average at 8-10: 24.4 min
-wall, 13.7 min of CPU time (cnn 4.1, ds2 4.4, gnmt 7.4, dcgan 3.9, srgan 4.1
-min wall); `--steps=0.5` roughly halves the training part:
+Laptop scale (the default; nothing is downloaded):
 
     python -m paper
-    python -m paper --experiments=cnn,dcgan --seeds=0,1,2,3,4 --steps=2
+    python -m paper --experiments=cnn,dcgan --seeds=0,1,2 --steps=0.5
     python -m paper --precisions=fp32,rne,trunc,stochastic
 
 - cnn:   ResNet-20 on scikit-learn's 8x8 digits, top-1 accuracy;
 - ds2:   DeepSpeech2-style conv + BiGRU + CTC on synthetic spoken digits,
          label error rate of greedy CTC decoding;
 - gnmt:  GNMT-style LSTM encoder-decoder with attention on a synthetic
-         reverse-and-permute task, token accuracy (greedy and teacher-forced)
-         and BLEU;
-- dcgan: DC-GAN on the digits, Inception-style score under the cnn network;
-- srgan: SR-GAN 2x super-resolution of the digits, PSNR and SSIM.
+         translation task, token accuracy (greedy and teacher-forced) and
+         BLEU of greedy decoding;
+- dcgan: DC-GAN on the digits, Inception-style score and Fréchet distance
+         under the cnn network (references: real held-out digits, real
+         training digits);
+- srgan: SR-GAN 2x super-resolution of the digits, PSNR and SSIM (reference:
+         bicubic upsampling).
+
+`--steps` scales every experiment's number of training steps.
 
 Full scale (`--full`): the same model code with the papers' sizes on the real
 data sets, read from local directories (nothing is downloaded; a missing
@@ -47,7 +49,7 @@ directory is an error naming what was expected):
   newstest2014 as test), tokenized, one sentence per line. 4+4 LSTM-1024.
 
 Full-scale step counts follow the original recipes (e.g. 450k steps of batch
-256 for ResNet-50); `--steps` scales them, as it scales the laptop ones.
+256 for ResNet-50).
 """
 
 import os
@@ -58,23 +60,23 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from paper import common  # noqa: E402
-from paper import data  # noqa: E402
 from paper import suite  # noqa: E402
+from tfbf16.utils import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_list("experiments", list(suite.EXPERIMENTS),
                   f"Experiments to run, from {', '.join(suite.EXPERIMENTS)}.")
-flags.DEFINE_list("seeds", ["0", "1", "2"],
-                  "Seeds; each gives one paired run per precision (3 or more for intervals).")
+flags.DEFINE_list("seeds", [str(seed) for seed in suite.SEEDS],
+                  "Seeds; each gives one paired run per precision (2 or more for intervals).")
 flags.DEFINE_list("precisions", list(common.PRECISIONS),
                   f"Precisions, from {', '.join(common.ALL_PRECISIONS)}; must include fp32.")
 flags.DEFINE_float("steps", 1.0, "Multiplies every experiment's number of training steps.")
 flags.DEFINE_string("output_dir", "paper_output", "Where results.md/json and the plots go.")
 flags.DEFINE_enum("norm", "group", ["group", "batch", "none"],
-                  "Normalization in the ResNet and the GAN generators. 'batch' shows a known "
-                  "tfbf16 bug: the Keras 3 wrapper never passes training=True to a wrapped "
-                  "BatchNormalization, so BF16 runs use (and never update) moving statistics.")
+                  "Normalization in the ResNet and the GAN generators: GroupNormalization "
+                  "(the default: no batch statistics, the same computation in training and "
+                  "evaluation), BatchNormalization (the original models'), or none.")
 flags.DEFINE_bool("full", False, "Use the real data sets and the papers' model sizes.")
 flags.DEFINE_string("imagenet_dir", "", "ImageNet directory (--full: cnn, dcgan, srgan).")
 flags.DEFINE_string("librispeech_dir", "", "LibriSpeech root directory (--full: ds2).")
@@ -90,19 +92,16 @@ def main(argv):
         raise app.UsageError("--full and --tiny exclude each other.")
     if len(FLAGS.wmt_langs) != 2:
         raise app.UsageError("--wmt_langs needs two languages, e.g. en,de.")
-    try:
-        _, markdown = suite.run_suite(
-            experiments=FLAGS.experiments, seeds=FLAGS.seeds, precisions=FLAGS.precisions,
-            output_dir=FLAGS.output_dir, step_scale=FLAGS.steps, full=FLAGS.full,
-            tiny=FLAGS.tiny, norm=FLAGS.norm, imagenet_dir=FLAGS.imagenet_dir,
-            librispeech_dir=FLAGS.librispeech_dir, wmt_dir=FLAGS.wmt_dir,
-            wmt_langs=FLAGS.wmt_langs)
-    except data.DataNotFoundError as error:
-        raise app.UsageError(f"{error} (see python -m paper --help)") from error
+    _, markdown = suite.run_suite(
+        experiments=FLAGS.experiments, seeds=FLAGS.seeds, precisions=FLAGS.precisions,
+        output_dir=FLAGS.output_dir, step_scale=FLAGS.steps, full=FLAGS.full,
+        tiny=FLAGS.tiny, norm=FLAGS.norm, imagenet_dir=FLAGS.imagenet_dir,
+        librispeech_dir=FLAGS.librispeech_dir, wmt_dir=FLAGS.wmt_dir,
+        wmt_langs=FLAGS.wmt_langs)
     print()
     print(markdown)
     print(f"Written to {FLAGS.output_dir}/ (results.md, results.json, plots).")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

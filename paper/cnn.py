@@ -154,14 +154,14 @@ class CNNExperiment(common.Experiment):
         model = build_resnet(self.config)
         wrapped = common.wrap_for(model, precision)
         variables = wrapped.trainable_variables
-        optimizer = common.Adam(variables, self.config.learning_rate, decay_steps=self.config.steps,
+        optimizer = common.adam(variables, self.config.learning_rate, decay_steps=self.config.steps,
                                 warmup_steps=self.config.warmup_steps)
 
         @tf.function
         def train_step(images, labels):
             with tf.GradientTape() as tape:
                 loss = _cross_entropy(labels, wrapped(images, training=True))
-            optimizer.apply(tape.gradient(loss, variables))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss
 
         @tf.function
@@ -212,16 +212,27 @@ class CNNExperiment(common.Experiment):
         return common.RunResult({"top1": accuracy}, {"train loss": curve.points})
 
 
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """A trained FP32 ResNet used to score generated images.
+
+    Attributes:
+        score: maps [N, H, W, C] images in [0, 1] to ([N, classes] class
+            probabilities, for the Inception-style score; [N, d] features,
+            the globally average-pooled last stage, for the Fréchet
+            distance).
+        accuracy: its top-1 accuracy on the held-out images.
+    """
+    score: object
+    accuracy: float
+
+
 def classifier(context, config):
-    """An FP32 ResNet classifier for the Inception score: probabilities of images.
+    """The FP32 ResNet classifier that scores generated images (`Classifier`).
 
     Uses the first FP32 network that the CNN experiment trained in this
     process (`context["classifier"]`), or trains one (FP32, seed 0) with
     `config` when the CNN experiment did not run.
-
-    Returns:
-        (function mapping [N, H, W, C] images in [0, 1] to [N, classes]
-        probabilities, its held-out top-1 accuracy).
     """
     if "classifier" not in context:
         experiment = CNNExperiment(config, context)
@@ -229,16 +240,19 @@ def classifier(context, config):
     config, weights, accuracy = context["classifier"]
     model = build_resnet(config, name="classifier")
     model.set_weights(weights)
+    scorer = keras.Model(model.inputs, [model.outputs[0], model.get_layer("pool").output])
     size = config.image_size
 
     @tf.function
-    def probabilities(images):
+    def probabilities_and_features(images):
         if images.shape[1] != size:
             images = tf.image.resize(images, [size, size])
-        return tf.nn.softmax(model(images, training=False))
+        logits, features = scorer(images, training=False)
+        return tf.concat([tf.nn.softmax(logits), features], axis=-1)
 
-    def predict(images):
-        return common.predict_batched(probabilities, [np.asarray(images, np.float32)],
-                                      config.eval_batch_size)
+    def score(images):
+        both = common.predict_batched(probabilities_and_features,
+                                      [np.asarray(images, np.float32)], config.eval_batch_size)
+        return both[:, :config.classes], both[:, config.classes:]
 
-    return predict, accuracy
+    return Classifier(score=score, accuracy=accuracy)

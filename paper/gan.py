@@ -102,6 +102,10 @@ class DCGANConfig:
     learning_rate: float = 5e-4
     beta_1: float = 0.5
     eval_samples: int = 1000
+    real_label: float = 1.0          # < 1: one-sided label smoothing of D's real targets
+    alternating: bool = False        # D update, then G update from fresh fakes
+    g_activation: str = "leaky_relu"
+    jit_compile: bool = False
     classifier_config: cnn.CNNConfig = cnn.CNNConfig()
 
     @property
@@ -140,7 +144,8 @@ def build_generator(config):
         x = L.Conv2DTranspose(filters, 4, strides=2, padding="same", use_bias=config.norm == "none",
                               name=f"up{i}")(x)
         x = cnn.norm_layer(config.norm, filters, f"up{i}_norm")(x)
-        x = L.LeakyReLU(0.2, name=f"up{i}_act")(x)
+        x = (L.LeakyReLU(0.2, name=f"up{i}_act") if config.g_activation == "leaky_relu"
+             else L.ReLU(name=f"up{i}_act"))(x)
     x = L.Conv2D(config.channels, 3, padding="same", name="to_image")(x)
     image = L.Activation("tanh", name="tanh")(x)
     return keras.Model(noise, image, name="generator")
@@ -161,30 +166,56 @@ def build_discriminator(config, name="discriminator"):
 class DCGANExperiment(common.Experiment):
     name = "dcgan"
     family = "Generative (GAN)"
-    metrics = (common.Metric("inception_score", "Inception-style score (ResNet classifier)", True, 3),)
+    metrics = (
+        common.Metric("inception_score", "Inception-style score (ResNet classifier)", True, 3),
+        common.Metric("frechet_distance", "Fréchet distance (ResNet features)", False, 3),
+    )
 
     def __init__(self, config, context=None):
         super().__init__(config, context)
         self.model_name = config.model_name
         self._classifier = None
+        self._reference_features = None
 
     def description(self):
         c = self.config
         return (f"{self.model_name} on {'the digits training split' if c.dataset == 'digits' else 'ImageNet'}"
                 f"; noise {c.noise_dim}-d, Adam (lr {c.learning_rate:g}, beta_1 {c.beta_1}), batch "
-                f"{c.batch_size}, {c.steps} steps; metric: exp(E[KL(p(y|x)||p(y))]) of "
-                f"{c.eval_samples} samples under the FP32 ResNet classifier.")
+                f"{c.batch_size}, {c.steps} steps; metrics of {c.eval_samples} samples under the "
+                "FP32 ResNet classifier: exp(E[KL(p(y|x)||p(y))]), and the Fréchet distance of "
+                "its pooled features to those of the real held-out images.")
 
     def classifier(self):
         if self._classifier is None:
             self._classifier = cnn.classifier(self.context, self.config.classifier_config)
         return self._classifier
 
+    def reference_features(self):
+        """Classifier features of the real held-out images (the Fréchet reference)."""
+        if self._reference_features is None:
+            real = _images_and_labels(self.config, "test", 0, training=False)
+            self._reference_features = self.classifier().score(real)
+        return self._reference_features
+
     def references(self):
-        predict, accuracy = self.classifier()
-        real = _images_and_labels(self.config, "test", 0, training=False)
-        return {"Inception-style score of real held-out images": metrics.inception_score(predict(real)),
-                "classifier top-1 accuracy (held-out)": accuracy}
+        c = self.config
+        probabilities, features = self.reference_features()
+        # The floor of the Fréchet distance: real training images, as many as
+        # the generated samples, against the same held-out reference.
+        train = np.asarray(_images_and_labels(c, "train", 0, training=False))
+        if len(train) < c.eval_samples:
+            raise ValueError(f"{len(train)} training images cannot serve as a floor for "
+                             f"{c.eval_samples} samples.")
+        train = train[np.random.default_rng(0).permutation(len(train))[:c.eval_samples]]
+        _, train_features = self.classifier().score(train)
+        return [
+            common.Reference("real held-out images", metrics.inception_score(probabilities),
+                             "inception_score"),
+            common.Reference(f"{c.eval_samples} real training images",
+                             metrics.frechet_distance(train_features, features),
+                             "frechet_distance"),
+            common.Reference("classifier top-1 accuracy (held-out)", self.classifier().accuracy),
+        ]
 
     def build_models(self):
         return [build_generator(self.config), build_discriminator(self.config)]
@@ -194,21 +225,35 @@ class DCGANExperiment(common.Experiment):
         generator, discriminator = self.build_models()
         g, d = common.wrap_for(generator, precision), common.wrap_for(discriminator, precision)
         g_vars, d_vars = g.trainable_variables, d.trainable_variables
-        g_opt = common.Adam(g_vars, c.learning_rate, beta_1=c.beta_1)
-        d_opt = common.Adam(d_vars, c.learning_rate, beta_1=c.beta_1)
+        g_opt = common.adam(g_vars, c.learning_rate, beta_1=c.beta_1)
+        d_opt = common.adam(d_vars, c.learning_rate, beta_1=c.beta_1)
 
-        @tf.function
-        def train_step(real, noise):
+        @tf.function(jit_compile=c.jit_compile)
+        def simultaneous_step(real, noise):
             # Simultaneous updates from one forward pass (as in TensorFlow's
             # DC-GAN tutorial): both gradients see the same D and G.
             with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
                 fake_logits = d(g(noise, training=True), training=True)
-                d_loss = _bce(1.0, d(real, training=True)) + _bce(0.0, fake_logits)
+                d_loss = _bce(c.real_label, d(real, training=True)) + _bce(0.0, fake_logits)
                 g_loss = _bce(1.0, fake_logits)
             g_grads = g_tape.gradient(g_loss, g_vars)
-            d_opt.apply(d_tape.gradient(d_loss, d_vars))
-            g_opt.apply(g_grads)
+            d_opt.apply_gradients(zip(d_tape.gradient(d_loss, d_vars), d_vars))
+            g_opt.apply_gradients(zip(g_grads, g_vars))
             return d_loss, g_loss
+
+        @tf.function
+        def alternating_step(real, noise):
+            with tf.GradientTape() as d_tape:
+                fake = g(noise, training=True)
+                d_loss = (_bce(c.real_label, d(real, training=True))
+                          + _bce(0.0, d(fake, training=True)))
+            d_opt.apply_gradients(zip(d_tape.gradient(d_loss, d_vars), d_vars))
+            with tf.GradientTape() as g_tape:
+                g_loss = _bce(1.0, d(g(noise, training=True), training=True))
+            g_opt.apply_gradients(zip(g_tape.gradient(g_loss, g_vars), g_vars))
+            return d_loss, g_loss
+
+        train_step = alternating_step if c.alternating else simultaneous_step
 
         @tf.function
         def generate(noise):
@@ -233,9 +278,11 @@ class DCGANExperiment(common.Experiment):
         eval_noise = np.random.default_rng([seed, 4242]).standard_normal(
             (c.eval_samples, c.noise_dim)).astype(np.float32)
         samples = (common.predict_batched(trainer.generate, [eval_noise], 250) + 1.0) / 2.0
-        predict, _ = self.classifier()
-        score = metrics.inception_score(predict(np.clip(samples, 0.0, 1.0)))
-        return common.RunResult({"inception_score": score},
+        probabilities, features = self.classifier().score(np.clip(samples, 0.0, 1.0))
+        _, reference_features = self.reference_features()
+        return common.RunResult({"inception_score": metrics.inception_score(probabilities),
+                                 "frechet_distance": metrics.frechet_distance(
+                                     features, reference_features)},
                                 {"discriminator loss": d_curve.points, "generator loss": g_curve.points},
                                 extras={"samples": samples[:64]})
 
@@ -301,6 +348,12 @@ def downsample(images, scale):
     return images.reshape(n, h // scale, scale, w // scale, scale, c).mean(axis=(2, 4))
 
 
+def upsample(images, size, method="bicubic"):
+    """`tf.image.resize` of [N, h, w, C] images to `size`, clipped to [0, 1] (the baselines)."""
+    return np.clip(tf.image.resize(np.asarray(images, np.float32), size, method=method).numpy(),
+                   0.0, 1.0)
+
+
 def build_sr_generator(config):
     low = config.image_size // config.scale
     inputs = keras.Input((low, low, config.channels), name="low_resolution")
@@ -364,12 +417,14 @@ class SRGANExperiment(common.Experiment):
     def references(self):
         high = self.test_images()
         low = downsample(high, self.config.scale)
-        refs = {}
-        for method in ("bicubic", "nearest"):
-            up = np.clip(tf.image.resize(low, high.shape[1:3], method=method).numpy(), 0.0, 1.0)
-            refs[f"{method} upsampling PSNR (dB)"] = metrics.psnr(up, high)
-            refs[f"{method} upsampling SSIM"] = metrics.ssim(up, high, window_size=self.config.ssim_window)
-        return refs
+        window = self.config.ssim_window
+        bicubic, nearest = upsample(low, high.shape[1:3], "bicubic"), upsample(low, high.shape[1:3], "nearest")
+        return [  # bicubic: the baseline a super-resolution network must beat, in the table
+            common.Reference("bicubic upsampling", metrics.psnr(bicubic, high), "psnr"),
+            common.Reference("bicubic upsampling", metrics.ssim(bicubic, high, window_size=window), "ssim"),
+            common.Reference("nearest upsampling, PSNR (dB)", metrics.psnr(nearest, high)),
+            common.Reference("nearest upsampling, SSIM", metrics.ssim(nearest, high, window_size=window)),
+        ]
 
     def build_models(self):
         return [build_sr_generator(self.config), build_sr_discriminator(self.config)]
@@ -379,8 +434,8 @@ class SRGANExperiment(common.Experiment):
         generator, discriminator = self.build_models()
         g, d = common.wrap_for(generator, precision), common.wrap_for(discriminator, precision)
         g_vars, d_vars = g.trainable_variables, d.trainable_variables
-        g_opt = common.Adam(g_vars, c.learning_rate, beta_1=c.beta_1, decay_steps=c.steps)
-        d_opt = common.Adam(d_vars, c.learning_rate, beta_1=c.beta_1, decay_steps=c.steps)
+        g_opt = common.adam(g_vars, c.learning_rate, beta_1=c.beta_1, decay_steps=c.steps)
+        d_opt = common.adam(d_vars, c.learning_rate, beta_1=c.beta_1, decay_steps=c.steps)
 
         @tf.function
         def train_step(low, high):
@@ -393,8 +448,8 @@ class SRGANExperiment(common.Experiment):
                 adversarial = _bce(1.0, fake_logits)
                 g_loss = content + c.adversarial_weight * adversarial
             g_grads = g_tape.gradient(g_loss, g_vars)
-            d_opt.apply(d_tape.gradient(d_loss, d_vars))
-            g_opt.apply(g_grads)
+            d_opt.apply_gradients(zip(d_tape.gradient(d_loss, d_vars), d_vars))
+            g_opt.apply_gradients(zip(g_grads, g_vars))
             return d_loss, content, adversarial
 
         @tf.function

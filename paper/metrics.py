@@ -1,11 +1,15 @@
-"""Evaluation metrics of the paper's model families, in NumPy.
+"""Evaluation metrics of the paper's model families, computed by libraries.
 
 - `ctc_greedy_decode`, `edit_distance`, `error_rate`: greedy (best path) CTC
-  decoding and the label/character/word error rate of speech recognition.
-- `token_accuracy`, `corpus_bleu`: machine translation.
-- `psnr`, `ssim`: super-resolution quality against the original images.
+  decoding (`tf.nn.ctc_greedy_decoder`) and the label/character/word error
+  rate of speech recognition (`tf.edit_distance`).
+- `token_accuracy`, `corpus_bleu`: machine translation (BLEU by sacreBLEU).
+- `psnr`, `ssim`: super-resolution quality against the original images
+  (`tf.image.psnr`, `tf.image.ssim`).
 - `inception_score`: exp(E_x[KL(p(y|x) || p(y))]) of generated images under a
-  classifier.
+  classifier (`scipy.special.rel_entr`).
+- `frechet_distance`: the Fréchet distance between Gaussians fitted to two
+  sets of classifier features (FID's formula, `scipy.linalg.sqrtm`).
 
 Example:
 
@@ -15,10 +19,13 @@ Example:
 0.3333333333333333
 """
 
-import collections
-import math
-
 import numpy as np
+import scipy.linalg
+import scipy.special
+import tensorflow as tf
+
+#: PSNR of an image equal to its reference (instead of infinity), in dB.
+PSNR_OF_IDENTICAL_IMAGES = 100.0
 
 
 def ctc_greedy_decode(scores, lengths, blank=0):
@@ -32,28 +39,44 @@ def ctc_greedy_decode(scores, lengths, blank=0):
     Returns:
         A list (one per sequence) of lists of label indices.
     """
-    best = np.argmax(np.asarray(scores), axis=-1)
-    decoded = []
-    for row, length in zip(best, np.asarray(lengths).reshape(-1)):
-        labels, previous = [], None
-        for label in row[: int(length)].tolist():
-            if label != previous and label != blank:
-                labels.append(label)
-            previous = label
-        decoded.append(labels)
-    return decoded
+    scores = tf.convert_to_tensor(np.asarray(scores, np.float32))
+    lengths = np.asarray(lengths, np.int32).reshape(-1)
+    (decoded,), _ = tf.nn.ctc_greedy_decoder(
+        tf.transpose(scores, [1, 0, 2]), lengths, merge_repeated=True, blank_index=blank)
+    rows = tf.RaggedTensor.from_sparse(decoded).to_list()
+    return rows + [[] for _ in range(len(lengths) - len(rows))]
+
+
+def _sparse(sequences):
+    """A SparseTensor of rows of ints or strings (for `tf.edit_distance`)."""
+    sequences = [list(s) for s in sequences]
+    strings = any(isinstance(item, str) for s in sequences for item in s)
+    dtype = tf.string if strings else tf.int64
+    return tf.ragged.constant(sequences, dtype=dtype, ragged_rank=1).to_sparse()
+
+
+def edit_distances(hypotheses, references):
+    """Levenshtein distance of each (hypothesis, reference) pair (`tf.edit_distance`).
+
+    Args:
+        hypotheses, references: same-length lists of sequences of ints or
+            of strings (characters or words).
+
+    Returns:
+        An int array, one distance per pair (substitutions, insertions and
+        deletions all cost 1).
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references.")
+    if not len(references):
+        return np.zeros(0, np.int64)
+    distances = tf.edit_distance(_sparse(hypotheses), _sparse(references), normalize=False)
+    return np.rint(distances.numpy()).astype(np.int64).reshape(-1)
 
 
 def edit_distance(hypothesis, reference):
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    hypothesis, reference = list(hypothesis), list(reference)
-    previous = list(range(len(reference) + 1))
-    for i, h in enumerate(hypothesis, 1):
-        current = [i] + [0] * len(reference)
-        for j, r in enumerate(reference, 1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (h != r))
-        previous = current
-    return previous[-1]
+    """Levenshtein distance of two sequences (see `edit_distances`)."""
+    return int(edit_distances([hypothesis], [reference])[0])
 
 
 def error_rate(hypotheses, references):
@@ -66,12 +89,10 @@ def error_rate(hypotheses, references):
     Returns:
         sum(edit_distance(h, r)) / sum(len(r)); can exceed 1.
     """
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references.")
     total = sum(len(r) for r in references)
     if total == 0:
         raise ValueError("The references are all empty.")
-    return sum(edit_distance(h, r) for h, r in zip(hypotheses, references)) / total
+    return int(edit_distances(hypotheses, references).sum()) / total
 
 
 def token_accuracy(predicted, reference, mask):
@@ -86,71 +107,64 @@ def token_accuracy(predicted, reference, mask):
 def corpus_bleu(hypotheses, references, max_order=4):
     """Corpus BLEU (Papineni et al. 2002) in percent, one reference per sentence.
 
-    Clipped n-gram precisions for n = 1..max_order are pooled over the corpus,
-    their geometric mean is multiplied by the brevity penalty; no smoothing
-    (a corpus without any matching 4-gram scores 0), as in sacreBLEU's
-    default "exp" method without smoothing on tokenized input.
+    Computed by sacreBLEU on already tokenized sequences (`tokenize="none"`:
+    the tokens are joined by spaces and split again), without smoothing: a
+    corpus without any matching `max_order`-gram scores 0.
+
+    Args:
+        hypotheses, references: same-length lists of token sequences (ints
+            or strings without spaces).
+        max_order: the longest n-gram.
+
+    Returns:
+        BLEU in [0, 100].
     """
-    matches = [0] * max_order
-    totals = [0] * max_order
-    hyp_length = ref_length = 0
-    for hyp, ref in zip(hypotheses, references):
-        hyp, ref = list(hyp), list(ref)
-        hyp_length += len(hyp)
-        ref_length += len(ref)
-        for n in range(1, max_order + 1):
-            hyp_ngrams = collections.Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
-            ref_ngrams = collections.Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
-            matches[n - 1] += sum(min(c, ref_ngrams[g]) for g, c in hyp_ngrams.items())
-            totals[n - 1] += max(len(hyp) - n + 1, 0)
-    if hyp_length == 0 or min(matches) == 0:
+    import sacrebleu  # noqa: PLC0415 (only BLEU needs it)
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references.")
+    if sum(len(h) for h in hypotheses) == 0:
         return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_order
-    brevity = 1.0 if hyp_length > ref_length else math.exp(1.0 - ref_length / hyp_length)
-    return 100.0 * brevity * math.exp(log_precision)
+    join = lambda tokens: " ".join(str(t) for t in tokens)  # noqa: E731
+    bleu = sacrebleu.metrics.BLEU(tokenize="none", smooth_method="none",
+                                  max_ngram_order=max_order, force=True)
+    return float(bleu.corpus_score([join(h) for h in hypotheses],
+                                   [[join(r) for r in references]]).score)
+
+
+def _image_tensors(images, references):
+    x = np.asarray(images, np.float32)
+    y = np.asarray(references, np.float32)
+    if x.shape != y.shape:
+        raise ValueError(f"Shapes differ: {x.shape} and {y.shape}.")
+    if x.ndim == 3:
+        x, y = x[..., None], y[..., None]
+    return tf.constant(x), tf.constant(y)
 
 
 def psnr(images, references, data_range=1.0):
-    """Mean over images of the peak signal-to-noise ratio, in dB.
+    """Mean over images of the peak signal-to-noise ratio, in dB (`tf.image.psnr`).
 
     Args:
-        images, references: arrays of the same shape [batch, ...].
+        images, references: arrays of the same shape [batch, H, W(, C)].
         data_range: the peak value (1.0 for images in [0, 1]).
 
     Returns:
-        The mean of 10 log10(data_range^2 / MSE) over the images; an image
-        equal to its reference counts as 100 dB (instead of infinity).
+        The mean of 10 log10(data_range^2 / MSE) over the images (computed
+        in float32 by TensorFlow); an image equal to its reference counts as
+        `PSNR_OF_IDENTICAL_IMAGES` dB instead of infinity.
     """
-    x = np.asarray(images, np.float64)
-    y = np.asarray(references, np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"Shapes differ: {x.shape} and {y.shape}.")
-    mse = np.mean((x - y).reshape(len(x), -1) ** 2, axis=1)
-    values = 10.0 * np.log10(data_range ** 2 / np.maximum(mse, data_range ** 2 * 1e-10))
-    return float(np.mean(values))
-
-
-def _gaussian_window(size, sigma):
-    coords = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    g = np.exp(-(coords ** 2) / (2.0 * sigma ** 2))
-    g /= g.sum()
-    return np.outer(g, g)
-
-
-def _filter_valid(images, window):
-    """2-D 'valid' correlation of [batch, H, W, C] images with a window."""
-    size = window.shape[0]
-    patches = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))
-    return np.einsum("bhwcij,ij->bhwc", patches, window)
+    x, y = _image_tensors(images, references)
+    values = tf.image.psnr(x, y, max_val=data_range).numpy().astype(np.float64)
+    return float(np.mean(np.minimum(values, PSNR_OF_IDENTICAL_IMAGES)))
 
 
 def ssim(images, references, data_range=1.0, window_size=7, sigma=1.5, k1=0.01, k2=0.03):
-    """Mean structural similarity (Wang et al. 2004) over images.
+    """Mean structural similarity (Wang et al. 2004) over images (`tf.image.ssim`).
 
     The local statistics use a Gaussian window of `window_size` (the usual
-    11 does not fit 8x8 digits; 7 is used for them) and 'valid' filtering,
-    like `tf.image.ssim`; the SSIM map is averaged over positions and
-    channels, then over images.
+    11 does not fit 8x8 digits; 7 is used for them) and 'valid' filtering;
+    the SSIM map is averaged over positions and channels, then over images.
 
     Args:
         images, references: [batch, H, W] or [batch, H, W, C] arrays.
@@ -161,32 +175,21 @@ def ssim(images, references, data_range=1.0, window_size=7, sigma=1.5, k1=0.01, 
     Returns:
         The mean SSIM, in [-1, 1].
     """
-    x = np.asarray(images, np.float64)
-    y = np.asarray(references, np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"Shapes differ: {x.shape} and {y.shape}.")
-    if x.ndim == 3:
-        x, y = x[..., None], y[..., None]
+    x, y = _image_tensors(images, references)
     if min(x.shape[1:3]) < window_size:
-        raise ValueError(f"Images {x.shape[1:3]} are smaller than the {window_size}x{window_size} window.")
-    window = _gaussian_window(window_size, sigma)
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    mu_x, mu_y = _filter_valid(x, window), _filter_valid(y, window)
-    var_x = _filter_valid(x * x, window) - mu_x ** 2
-    var_y = _filter_valid(y * y, window) - mu_y ** 2
-    cov = _filter_valid(x * y, window) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return float(np.mean(ssim_map.reshape(len(x), -1).mean(axis=1)))
+        raise ValueError(f"Images {tuple(x.shape[1:3])} are smaller than the "
+                         f"{window_size}x{window_size} window.")
+    values = tf.image.ssim(x, y, max_val=data_range, filter_size=window_size,
+                           filter_sigma=sigma, k1=k1, k2=k2)
+    return float(np.mean(values.numpy().astype(np.float64)))
 
 
-def inception_score(probabilities, eps=1e-12):
+def inception_score(probabilities):
     """exp(E_x[KL(p(y|x) || p(y))]) over all samples (a single split).
 
     Args:
         probabilities: [samples, classes] class probabilities p(y|x) of the
             generated images under a classifier.
-        eps: floor inside the logarithms.
 
     Returns:
         A score in [1, classes]: 1 when every image gets the same
@@ -196,5 +199,40 @@ def inception_score(probabilities, eps=1e-12):
     p = np.asarray(probabilities, np.float64)
     p = p / p.sum(axis=1, keepdims=True)
     marginal = p.mean(axis=0, keepdims=True)
-    kl = np.sum(p * (np.log(p + eps) - np.log(marginal + eps)), axis=1)
-    return float(np.exp(np.mean(kl)))
+    return float(np.exp(np.mean(scipy.special.rel_entr(p, marginal).sum(axis=1))))
+
+
+def frechet_distance(features, reference_features):
+    """Fréchet distance between Gaussians fitted to two feature sets (FID's formula).
+
+    d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)), with the
+    sample means and covariances (ddof=1) of the two sets, as in Heusel et
+    al. 2017; the matrix square root is `scipy.linalg.sqrtm` (its tiny
+    imaginary part from round-off is dropped). The value depends on the
+    sample sizes, so compare distances computed with equal sizes. When the
+    product of the covariances has no finite square root (singular
+    covariances), a ridge of 1e-6 is added to both, as pytorch-fid does.
+
+    Args:
+        features: [n, d] features of the generated samples.
+        reference_features: [m, d] features of the reference samples.
+
+    Returns:
+        The squared Fréchet distance (>= 0, up to round-off).
+    """
+    a = np.asarray(features, np.float64)
+    b = np.asarray(reference_features, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"Need [n, d] and [m, d] features, got {a.shape} and {b.shape}.")
+    if min(len(a), len(b)) < 2:
+        raise ValueError("Each feature set needs at least 2 samples for a covariance.")
+    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.all(np.isfinite(root)):
+        # Singular covariances (e.g. a feature that is constant in both
+        # sets): the usual FID remedy, a tiny ridge on both.
+        ridge = 1e-6 * np.eye(a.shape[1])
+        root = scipy.linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
+    return float(np.sum((mean_a - mean_b) ** 2)
+                 + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(np.real(root)))

@@ -1,14 +1,15 @@
 """The paper-shaped results table (Markdown and JSON) and the plots.
 
 One row per (experiment, metric): the mean over seeds under each precision,
-and the mean paired difference of each BF16 precision to FP32 with its 95%
-Student-t interval over seeds (`recsys.stats.paired_difference`: the
-per-seed differences are one sample, so the seed-to-seed variation that both
-runs of a seed share cancels).
+the mean paired difference of each BF16 precision to FP32 with the
+half-width of its 95% Student-t interval over seeds
+(`tfbf16.study.stats.paired_difference`: the per-seed differences are one
+sample, so the seed-to-seed variation that both runs of a seed share
+cancels), and the reference the metric is read against (e.g. bicubic
+upsampling for SR-GAN). Every file is written atomically.
 """
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -16,7 +17,8 @@ import platform
 import numpy as np
 
 from paper import common
-from recsys import stats
+from tfbf16.study import stats
+from tfbf16.utils import files
 
 
 @dataclasses.dataclass
@@ -28,13 +30,13 @@ class ExperimentResult:
             config and description are reported).
         seeds: the seeds, in run order.
         runs: precision -> list of `common.RunResult`, in seed order.
-        references: reference values (e.g. bicubic PSNR).
+        references: the experiment's `common.Reference`s.
         seconds: wall time of the experiment.
     """
     experiment: common.Experiment
     seeds: list
     runs: dict
-    references: dict
+    references: list
     seconds: float
 
 
@@ -50,6 +52,8 @@ def summary_rows(results, precisions):
                 "metric": metric.label, "metric_key": metric.key,
                 "higher_is_better": metric.higher_is_better, "digits": metric.digits,
                 "seeds": list(result.seeds), "values": values,
+                "references": [dataclasses.asdict(r) for r in result.references
+                               if r.metric == metric.key],
                 "mean": {p: float(np.mean(v)) for p, v in values.items()},
                 "std": {p: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
                         for p, v in values.items()},
@@ -71,24 +75,33 @@ def _number(value, digits, signed=False):
 
 
 def _difference(interval, digits):
+    """"mean ± half-width" of a paired difference (the half-width is what the row can detect)."""
     mean = _number(interval["mean"], digits, signed=True)
     if interval["n"] < 2:
         return f"{mean} (1 seed, no CI)"
-    return (f"{mean} [{_number(interval['low'], digits, True)}, "
-            f"{_number(interval['high'], digits, True)}]")
+    return f"{mean} \u00b1 {_number(interval['half_width'], digits)}"
+
+
+def _references(row):
+    return "; ".join(f"{r['label']}: {_number(r['value'], row['digits'])}"
+                     for r in row["references"])
 
 
 def markdown_table(rows, precisions):
+    """The Markdown table of `summary_rows`."""
     labels = [common.PRECISION_LABELS[p] for p in precisions]
     bf16 = [p for p in precisions if p != "fp32"]
     header = (["Family", "Model", "Metric"] + labels
-              + [f"{common.PRECISION_LABELS[p].replace('BF16-', '')} \u2212 FP32 [95% CI]" for p in bf16])
+              + [f"{common.PRECISION_LABELS[p].replace('BF16-', '')} \u2212 FP32 \u00b1 95% CI"
+                 for p in bf16]
+              + ["Reference"])
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         arrow = "\u2191" if row["higher_is_better"] else "\u2193"
         cells = [row["family"], row["model"], f"{row['metric']} {arrow}"]
         cells += [_number(row["mean"][p], row["digits"]) for p in precisions]
         cells += [_difference(row["difference_to_fp32"][p], row["digits"]) for p in bf16]
+        cells.append(_references(row))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -118,31 +131,45 @@ def _jsonable(value):
     return value
 
 
-def write(results, precisions, output_dir, settings, total_seconds):
-    """Writes results.json, results.md and the plots; returns the Markdown."""
+#: Why the table quotes none of the paper's own numbers (see the README).
+PAPER_NUMBERS_NOTE = (
+    "The paper's own FP32/BF16 numbers are not quoted: no copy of its result tables "
+    "(arXiv 1905.12322) could be retrieved and checked here, and no number is shown "
+    "without its table or figure. Its claim, in its abstract: BF16 reaches the same "
+    "results as FP32 in the same number of iterations, with no hyper-parameter changes.")
+
+
+def write(results, precisions, output_dir, settings, total_seconds, total_cpu_seconds=None):
+    """Writes results.json, results.md and the plots (atomically); returns the Markdown."""
     os.makedirs(output_dir, exist_ok=True)
+    files.remove_temporary_files(output_dir)
     rows = summary_rows(results, precisions)
     table = markdown_table(rows, precisions)
     plots = write_plots(results, rows, precisions, output_dir)
+    cpu = "" if total_cpu_seconds is None else f", CPU time {total_cpu_seconds / 60:.1f} min"
     md = ["# BF16 vs FP32 at laptop scale (Kalamkar et al. 2019, reproduced with tfbf16)"
           if not settings.get("full") else "# BF16 vs FP32 (Kalamkar et al. 2019, full scale)", "",
           f"Seeds: {', '.join(map(str, results[0].seeds)) if results else ''} (paired: each seed's "
           "runs share initial weights and data order). Cells: mean over seeds; differences: mean "
-          "paired difference with its 95% t interval over seeds (an interval that contains 0 "
-          "means no detectable difference).", "", table, "", "## Experiments", ""]
+          "paired difference \u00b1 the half-width of its 95% t interval over seeds (a difference "
+          "smaller than its half-width is not detectable; the half-width is the smallest effect "
+          "the row could have detected). Reference: what the metric is read against.", "",
+          table, "", PAPER_NUMBERS_NOTE, "", "## Experiments", ""]
     for result in results:
         exp = result.experiment
         md.append(f"- **{exp.name}** ({result.seconds / 60:.1f} min): {exp.description()}")
-        for key, value in result.references.items():
-            md.append(f"  - reference: {key} = {value:.4f}")
-    md += ["", f"Total wall time: {total_seconds / 60:.1f} min. Plots: "
+        labels = {metric.key: metric.label for metric in exp.metrics}
+        for reference in result.references:
+            what = f" for {labels[reference.metric]}" if reference.metric else ""
+            md.append(f"  - reference{what}: {reference.label} = {reference.value:.4f}")
+    md += ["", f"Total wall time: {total_seconds / 60:.1f} min{cpu}. Plots: "
            + ", ".join(f"`{os.path.basename(p)}`" for p in plots) + ".", ""]
     markdown = "\n".join(md)
-    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
+    with files.atomic_write(os.path.join(output_dir, "results.md")) as f:
         f.write(markdown)
     payload = {
         "settings": settings, "environment": environment(), "precisions": list(precisions),
-        "total_seconds": total_seconds, "table": rows,
+        "total_seconds": total_seconds, "total_cpu_seconds": total_cpu_seconds, "table": rows,
         "experiments": [{
             "name": r.experiment.name, "family": r.experiment.family,
             "model": r.experiment.model_name, "description": r.experiment.description(),
@@ -154,9 +181,15 @@ def write(results, precisions, output_dir, settings, total_seconds):
         } for r in results],
         "plots": [os.path.basename(p) for p in plots],
     }
-    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(_jsonable(payload), f, indent=1, allow_nan=False)
+    files.write_json(os.path.join(output_dir, "results.json"), _jsonable(payload), allow_nan=False)
     return markdown
+
+
+def _save(fig, path):
+    """Saves a matplotlib figure as PNG, atomically; returns the path."""
+    with files.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    return path
 
 
 _COLORS = {"fp32": "black", "rne": "tab:blue", "trunc": "tab:red", "stochastic": "tab:green",
@@ -196,10 +229,8 @@ def write_plots(results, rows, precisions, output_dir):
         exp = result.experiment
         fig.suptitle(f"{exp.model_name}: training (thin: seeds, thick: mean)", fontsize=10)
         fig.tight_layout()
-        path = os.path.join(output_dir, f"curves_{exp.name}.png")
-        fig.savefig(path, dpi=110)
+        paths.append(_save(fig, os.path.join(output_dir, f"curves_{exp.name}.png")))
         plt.close(fig)
-        paths.append(path)
         if hasattr(exp, "grids"):
             for file_name, title, grid in exp.grids(result.runs):
                 fig, ax = plt.subplots(figsize=(max(3.0, grid.shape[1] / 12), max(3.0, grid.shape[0] / 12) + 0.4))
@@ -208,10 +239,8 @@ def write_plots(results, rows, precisions, output_dir):
                 ax.set_title(title, fontsize=8)
                 ax.axis("off")
                 fig.tight_layout()
-                path = os.path.join(output_dir, file_name)
-                fig.savefig(path, dpi=110)
+                paths.append(_save(fig, os.path.join(output_dir, file_name)))
                 plt.close(fig)
-                paths.append(path)
     bf16 = [p for p in precisions if p != "fp32"]
     if rows and bf16:
         columns = min(3, len(rows))
@@ -233,8 +262,6 @@ def write_plots(results, rows, precisions, output_dir):
             ax.set_title(f"{row['experiment']}: {row['metric']}", fontsize=8)
         fig.suptitle("Paired differences to FP32 (o: mean with 95% CI, x: seeds)", fontsize=10)
         fig.tight_layout()
-        path = os.path.join(output_dir, "paired_differences.png")
-        fig.savefig(path, dpi=110)
+        paths.append(_save(fig, os.path.join(output_dir, "paired_differences.png")))
         plt.close(fig)
-        paths.append(path)
     return paths

@@ -298,7 +298,7 @@ class SpeechExperiment(common.Experiment):
         model = build_model(c)
         wrapped = common.wrap_for(model, precision)
         variables = wrapped.trainable_variables
-        optimizer = common.Adam(variables, c.learning_rate, decay_steps=c.steps,
+        optimizer = common.adam(variables, c.learning_rate, decay_steps=c.steps,
                                 warmup_steps=c.warmup_steps, clipnorm=c.clipnorm)
 
         @tf.function
@@ -308,7 +308,7 @@ class SpeechExperiment(common.Experiment):
                 loss = tf.reduce_mean(tf.nn.ctc_loss(
                     labels, logits, label_counts, (frames + 1) // 2,
                     logits_time_major=False, blank_index=0))
-            optimizer.apply(tape.gradient(loss, variables))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss
 
         @tf.function

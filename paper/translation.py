@@ -59,6 +59,7 @@ class TranslationConfig:
     wmt_dir: str = ""
     langs: tuple = ("en", "de")
     tokens: int = 24                 # synthetic vocabulary (without specials)
+    contexts: int = 4                # synthetic: dictionaries, chosen by the previous token
     vocab_size: int = 32_000         # WMT vocabulary per language (with specials)
     min_length: int = 4
     max_length: int = 10
@@ -127,16 +128,28 @@ def make_pairs(sources, targets, max_length):
             _pad(targets, max_length + 1))
 
 
+def translation_table(config):
+    """The synthetic task's dictionaries: [context, source token] -> target token.
+
+    A token's context is 0 for the first token of a sentence and
+    1 + (previous source token mod `config.contexts`) otherwise. Entries are
+    drawn uniformly from the target vocabulary (fixed by `data_seed`).
+    """
+    rng = np.random.default_rng([config.data_seed, 0])
+    return rng.integers(0, config.tokens, (config.contexts + 1, config.tokens)) + SPECIALS
+
+
 def synthetic_pairs(config, count, stream):
-    """Source token sequences and their reversed, permuted targets."""
-    permutation = np.random.default_rng([config.data_seed, 0]).permutation(config.tokens) + SPECIALS
+    """Source token sequences and their translations (see the module docstring)."""
+    table = translation_table(config)
     rng = np.random.default_rng([config.data_seed, 1, stream])
     sources, targets = [], []
     for _ in range(count):
         length = int(rng.integers(config.min_length, config.max_length + 1))
         source = rng.integers(0, config.tokens, length)
+        context = np.concatenate([[0], source[:-1] % config.contexts + 1])
         sources.append((source + SPECIALS).tolist())
-        targets.append(permutation[source[::-1]].tolist())
+        targets.append(table[context, source][::-1].tolist())
     return make_pairs(sources, targets, config.max_length)
 
 
@@ -277,7 +290,7 @@ class TranslationExperiment(common.Experiment):
         model = build_model(c, _dataset(c)[2])
         wrapped = common.wrap_for(model, precision)
         variables = wrapped.trainable_variables
-        optimizer = common.Adam(variables, c.learning_rate, decay_steps=c.steps,
+        optimizer = common.adam(variables, c.learning_rate, decay_steps=c.steps,
                                 warmup_steps=c.warmup_steps, clipnorm=c.clipnorm)
 
         @tf.function(jit_compile=c.jit_compile)
@@ -287,7 +300,7 @@ class TranslationExperiment(common.Experiment):
                 logits = wrapped([source, decoder_input], training=True)
                 losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits)
                 loss = tf.reduce_sum(losses * weights) / tf.reduce_sum(weights)
-            optimizer.apply(tape.gradient(loss, variables))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss
 
         @tf.function(jit_compile=c.jit_compile)

@@ -1,14 +1,16 @@
-"""Tests of the `paper` package: the metrics on hand examples, and every
-experiment run for a few steps at tiny sizes (1 seed, FP32/RNE/TRUNC) through
-the same `run_suite` that `python -m paper` calls.
+"""Tests of the `paper` package: its pieces, and every experiment run for a
+few steps at tiny sizes (1 seed, FP32/RNE/TRUNC) through the same `run_suite`
+that `python -m paper` calls (the metrics are in test_paper_metrics.py).
 
 The tiny run costs about 2 min of CPU, almost all of it tracing the 15
-training steps (the first BF16 trace of each model is the dearest); on the
-shared 2-core machine under load it took 3.5 min of wall time."""
+training steps (the first BF16 trace of each model is the dearest), so its
+tests are marked slow."""
 
 import json
 import math
 import os
+import subprocess
+import sys
 
 import keras  # Keras 3 (conftest sets TF_USE_LEGACY_KERAS only for tf.keras)
 import numpy as np
@@ -16,95 +18,56 @@ import pytest
 import tensorflow as tf
 
 import tfbf16
+from paper import common
 from paper import data
-from paper import metrics
+from paper import report
 from paper import suite
 from paper import translation
-
-# ---------------------------------------------------------------- metrics
-
-
-def test_ctc_greedy_decode_merges_repeats_then_drops_blanks():
-    # Frames: blank, 3, 3, blank, 3, 5, 5, blank | padding frames after length 8.
-    best = [0, 3, 3, 0, 3, 5, 5, 0, 7, 7]
-    scores = np.eye(8)[[best]] * 5.0 - 1.0  # [1, 10, 8] "logits"
-    assert metrics.ctc_greedy_decode(scores, [8], blank=0) == [[3, 3, 5]]
-    assert metrics.ctc_greedy_decode(scores, [10], blank=0) == [[3, 3, 5, 7]]
-    assert metrics.ctc_greedy_decode(np.eye(4)[[[0, 0, 0]]], [3], blank=0) == [[]]
-
-
-def test_error_rate_is_total_edit_distance_over_reference_length():
-    assert metrics.edit_distance("kitten", "sitting") == 3
-    assert metrics.edit_distance([], [1, 2]) == 2
-    # One deletion in 3 labels, one substitution in 2: 2 / 5.
-    assert metrics.error_rate([[1, 2], [4, 4]], [[1, 3, 2], [4, 5]]) == pytest.approx(0.4)
-    # Greedy decoding of a hand example, scored against its reference.
-    scores = np.eye(11)[[[0, 2, 2, 0, 0, 9, 0, 9, 9]]]
-    hyp = metrics.ctc_greedy_decode(scores, [9], blank=0)
-    assert hyp == [[2, 9, 9]]
-    assert metrics.error_rate(hyp, [[2, 9]]) == pytest.approx(0.5)
-
-
-def test_psnr_on_known_images():
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0.2, 0.8, (3, 8, 8, 1))
-    assert metrics.psnr(x + 0.1, x) == pytest.approx(20.0)    # MSE 0.01
-    assert metrics.psnr(x + 0.01, x) == pytest.approx(40.0)
-    assert metrics.psnr(x, x) == pytest.approx(100.0)         # capped, not inf
-    assert metrics.psnr(2 * (x + 0.1), 2 * x, data_range=2.0) == pytest.approx(20.0)
-
-
-def test_ssim_on_known_images_and_against_tensorflow():
-    rng = np.random.default_rng(1)
-    x = rng.uniform(0, 1, (4, 16, 16, 1))
-    assert metrics.ssim(x, x) == pytest.approx(1.0)
-    # Constant images: only the luminance term is left.
-    a, b, c1 = 0.2, 0.6, (0.01 * 1.0) ** 2
-    expected = (2 * a * b + c1) / (a * a + b * b + c1)
-    assert metrics.ssim(np.full((1, 8, 8), a), np.full((1, 8, 8), b)) == pytest.approx(expected)
-    # Same definition as tf.image.ssim (Gaussian window, 'valid' filtering).
-    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
-    reference = tf.image.ssim(tf.constant(x, tf.float32), tf.constant(y, tf.float32), max_val=1.0,
-                              filter_size=7, filter_sigma=1.5).numpy().mean()
-    assert metrics.ssim(x, y, window_size=7) == pytest.approx(float(reference), abs=1e-5)
-    with pytest.raises(ValueError, match="smaller"):
-        metrics.ssim(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), window_size=7)
-
-
-def test_inception_score_of_uniform_and_one_hot_classifiers():
-    assert metrics.inception_score(np.full((100, 10), 0.1)) == pytest.approx(1.0)
-    one_hot_balanced = np.eye(10)[np.arange(100) % 10]
-    assert metrics.inception_score(one_hot_balanced) == pytest.approx(10.0, rel=1e-6)
-    one_hot_single_class = np.eye(10)[np.zeros(100, int)]
-    assert metrics.inception_score(one_hot_single_class) == pytest.approx(1.0)
-    two_classes = np.eye(10)[np.arange(100) % 2]
-    assert metrics.inception_score(two_classes) == pytest.approx(2.0, rel=1e-6)
-
-
-def test_bleu_and_token_accuracy():
-    ref = [[5, 6, 7, 8, 9], [4, 5, 6, 7]]
-    assert metrics.corpus_bleu(ref, ref) == pytest.approx(100.0)
-    assert metrics.corpus_bleu([[1, 2, 3, 4, 5], [1, 2, 3, 1]], ref) == 0.0
-    # Brevity penalty only: a correct prefix of 4 of 5 tokens, one sentence.
-    assert metrics.corpus_bleu([[5, 6, 7, 8]], [[5, 6, 7, 8, 9]]) == pytest.approx(
-        100.0 * math.exp(1 - 5 / 4))
-    assert metrics.token_accuracy([[1, 2, 0]], [[1, 3, 0]], [[1, 1, 0]]) == 0.5
-
 
 # ------------------------------------------------------- pieces of the suite
 
 
-def test_synthetic_translation_is_reverse_then_permute():
+def test_synthetic_translation_reverses_and_translates_in_context():
     config = translation.tiny_config()
-    source, decoder_input, target = translation.synthetic_pairs(config, 20, stream=0)
-    permutation = {}
+    source, decoder_input, target = translation.synthetic_pairs(config, 200, stream=0)
+    dictionary, contexts = {}, set()
     for src, dec, tgt in zip(source, decoder_input, target):
         tokens = [t for t in src if t != translation.PAD]
         out = list(tgt[:len(tokens)])
         assert tgt[len(tokens)] == translation.EOS
         assert dec[0] == translation.BOS and list(dec[1:len(tokens) + 1]) == out
-        for s, t in zip(tokens[::-1], out):
-            assert permutation.setdefault(s, t) == t  # one fixed mapping
+        previous = [None] + tokens[:-1]
+        for key, t in zip(zip(previous, tokens), out[::-1]):
+            assert dictionary.setdefault(key, t) == t  # one fixed dictionary
+            contexts.add(key[1])
+    # A token's translation depends on the token before it, not on the token alone.
+    translations = {}
+    for (before, token), t in dictionary.items():
+        translations.setdefault(token, set()).add(t)
+    assert any(len(t) > 1 for t in translations.values())
+    # The held-out stream is other sentences with the same dictionary.
+    test_source, _, test_target = translation.synthetic_pairs(config, 50, stream=1)
+    assert not np.array_equal(test_source[:20], source[:20])
+    table = translation.translation_table(config)
+    first = [t for t in test_source[0] if t != translation.PAD]
+    assert test_target[0][len(first) - 1] == table[0, first[0] - translation.SPECIALS]
+
+
+def test_reset_optimizer_restarts_keras_adam_but_keeps_a_constant_learning_rate():
+    variable = keras.Variable(np.ones(3, np.float32))
+    for schedule in ({}, {"decay_steps": 10, "warmup_steps": 2, "clipnorm": 1.0}):
+        optimizer = common.adam([variable], 1e-2, beta_1=0.5, **schedule)
+        assert isinstance(optimizer, keras.optimizers.Adam) and optimizer.beta_1 == 0.5
+        for _ in range(3):
+            optimizer.apply_gradients([(tf.constant([1.0, -2.0, 3.0]), variable)])
+        assert int(optimizer.iterations) == 3
+        common.reset_optimizer(optimizer)
+        assert int(optimizer.iterations) == 0
+        for slot in optimizer.variables:
+            if slot.name == "learning_rate":
+                assert float(slot.numpy()) == pytest.approx(1e-2)
+            else:
+                assert not np.any(slot.numpy()), slot.name
 
 
 def test_full_mode_without_data_fails_clearly(tmp_path):
@@ -137,7 +100,7 @@ def test_imagenet_folder_layout_reads_batches(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_suite(tmp_path_factory):
+def tiny_suite(tmp_path_factory):  # every test that uses it is marked slow
     output_dir = tmp_path_factory.mktemp("paper")
     results, markdown = suite.run_suite(
         experiments=suite.EXPERIMENTS, seeds=[0], precisions=["fp32", "rne", "trunc"],
@@ -150,10 +113,12 @@ def tiny_suite(tmp_path_factory):
 RANGES = {
     "top1": (0.0, 1.0), "ler": (0.0, 10.0), "greedy_token_accuracy": (0.0, 1.0),
     "teacher_forced_token_accuracy": (0.0, 1.0), "bleu": (0.0, 100.0),
-    "inception_score": (1.0 - 1e-6, 10.0 + 1e-6), "psnr": (0.0, 100.0), "ssim": (-1.0, 1.0),
+    "inception_score": (1.0 - 1e-6, 10.0 + 1e-6), "frechet_distance": (-1e-6, math.inf),
+    "psnr": (0.0, 100.0), "ssim": (-1.0, 1.0),
 }
 
 
+@pytest.mark.slow
 def test_tiny_suite_reports_every_metric_of_every_experiment(tiny_suite):
     _, _, _, payload = tiny_suite
     table = payload["table"]
@@ -175,22 +140,34 @@ def test_tiny_suite_reports_every_metric_of_every_experiment(tiny_suite):
             assert all(points for points in runs[0]["curves"].values())
 
 
+@pytest.mark.slow
 def test_tiny_suite_writes_table_and_plots(tiny_suite):
     output_dir, results, markdown, payload = tiny_suite
     assert (output_dir / "results.md").read_text(encoding="utf-8") == markdown
+    assert not [p for p in os.listdir(output_dir) if p.startswith(".")]  # no temporary files
     header = markdown.split("\n| ---")[0].splitlines()[-1]
     for column in ("Family", "Model", "Metric", "FP32", "BF16-RNE", "BF16-TRUNC",
-                   "RNE \u2212 FP32 [95% CI]", "TRUNC \u2212 FP32 [95% CI]"):
+                   "RNE \u2212 FP32 \u00b1 95% CI", "TRUNC \u2212 FP32 \u00b1 95% CI", "Reference"):
         assert column in header
+    assert report.PAPER_NUMBERS_NOTE in markdown
+    assert payload["total_cpu_seconds"] > 0
     for name in ["curves_cnn.png", "curves_ds2.png", "curves_gnmt.png", "curves_dcgan.png",
                  "curves_srgan.png", "dcgan_samples_fp32.png", "dcgan_samples_rne.png",
                  "dcgan_samples_trunc.png", "srgan_samples.png", "paired_differences.png"]:
         assert (output_dir / name).stat().st_size > 1000, name
         assert name in payload["plots"]
-    dcgan = next(e for e in payload["experiments"] if e["name"] == "dcgan")
-    assert "Inception-style score of real held-out images" in dcgan["references"]
+    references = {row["metric_key"]: row["references"] for row in payload["table"]}
+    assert [r["label"] for r in references["inception_score"]] == ["real held-out images"]
+    assert [r["label"] for r in references["frechet_distance"]] == ["64 real training images"]
+    assert [r["label"] for r in references["psnr"]] == ["bicubic upsampling"]
+    assert [r["label"] for r in references["ssim"]] == ["bicubic upsampling"]
+    assert not references["top1"] and not references["bleu"]
+    psnr_row = next(line for line in markdown.splitlines() if "| PSNR (dB)" in line)
+    bicubic = references["psnr"][0]["value"]
+    assert psnr_row.rstrip(" |").endswith(f"bicubic upsampling: {bicubic:.3f}")
 
 
+@pytest.mark.slow
 def test_bf16_runs_really_are_emulated(tiny_suite):
     _, results, _, _ = tiny_suite
     by_name = {r.experiment.name: r for r in results}
@@ -206,6 +183,7 @@ def test_bf16_runs_really_are_emulated(tiny_suite):
     assert sum(isinstance(l, tfbf16.BF16Wrapper) for l in wrapped.layers) >= 4
 
 
+@pytest.mark.slow
 def test_paired_runs_start_from_identical_weights_and_reset_the_optimizer(tiny_suite):
     _, results, _, _ = tiny_suite
     result = next(r for r in results if r.experiment.name == "cnn")
@@ -215,3 +193,16 @@ def test_paired_runs_start_from_identical_weights_and_reset_the_optimizer(tiny_s
     again = experiment.run("rne", 0, weights)  # after seed 0's fp32 and trunc runs
     assert again.metrics == result.runs["rne"][0].metrics
     assert again.curves == result.runs["rne"][0].curves
+
+
+@pytest.mark.slow
+def test_command_line_error_is_one_line(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "paper", "--full", "--experiments=cnn",
+         f"--output_dir={tmp_path}"], capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert completed.returncode == 1
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("paper: error:")]
+    assert errors == ["paper: error: --full needs --imagenet_dir: the directory of the data set."]
+    assert "Traceback" not in completed.stderr
+    assert not os.listdir(tmp_path)
