@@ -129,9 +129,37 @@ def main(argv=None):
         if args.mirrored or strategy.cluster_resolver.task_id == 0:
             single, _ = _train(tf.distribute.get_strategy(), 1, *config)
             arrays.update({f"{number}_single_{i}": w for i, w in enumerate(single)})
+    if args.mirrored:
+        summary["refusals"] = _refusals(strategy)
     np.savez(output + ".npz", **arrays)
     with open(output + ".json", "w") as f:
         json.dump(summary, f)
+
+
+def _refusals(mirrored):
+    """The errors of what BF16Weights refuses: {case: message}."""
+    import keras
+    import tensorflow as tf
+
+    from tfbf16.optimizers import BF16Weights
+
+    def apply_under(strategy, **options):
+        with strategy.scope():
+            weight = keras.Variable(np.ones(4, np.float32))
+            optimizer = BF16Weights(keras.optimizers.SGD(0.1), "stochastic", **options)
+            optimizer.build([weight])
+        try:
+            strategy.run(tf.function(
+                lambda: optimizer.apply_gradients([(tf.ones(4), weight)])))
+        except (ValueError, NotImplementedError) as error:
+            return str(error)
+        return None
+
+    return {
+        "stochastic without seed": apply_under(mirrored),
+        "central storage": apply_under(
+            tf.distribute.experimental.CentralStorageStrategy(["/cpu:0", "/cpu:1"]), seed=1),
+    }
 
 
 def _check_against_single_process(output):
@@ -154,6 +182,9 @@ def test_mirrored_strategy_keeps_copies_identical_and_matches_one_replica(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     with open(output + ".json") as f:
         summary = json.load(f)
+    refusals = summary.pop("refusals")
+    assert "needs a seed" in refusals["stochastic without seed"]
+    assert "supports no strategy, OneDeviceStrategy" in refusals["central storage"]
     assert set(summary) == {"/".join(c) for c in CONFIGS}
     assert all(result["copies_identical"] for result in summary.values()), summary
     _check_against_single_process(output)

@@ -33,9 +33,11 @@ import functools
 import typing
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfbf16 import rounding as rounding_lib
 from tfbf16.rounding import ROUNDINGS, round_bf16
 
 #: Valid `update_rounding` values: the roundings of `tfbf16.ROUNDINGS`, and
@@ -100,6 +102,48 @@ def _tf_variable(variable):
 
 def _is_float(variable):
     return tf.as_dtype(variable.dtype).is_floating
+
+
+def _kahan_store(old, value, compensation):
+    """Kahan-compensated BF16 store of `value` (the FP32 `old + u`).
+
+    Returns the new BF16 weight and compensation; where the inner optimizer
+    left the weight unchanged (a zero update, or a row a sparse update did
+    not touch) both stay as they are: a compensation of exactly half an ulp
+    (a rounded BF16 value) would otherwise move it by one ulp.
+    """
+    y = (value - old) - compensation
+    rounded = round_bf16(old + y, "rne")
+    new_compensation = round_bf16((rounded - old) - y, "rne")
+    unchanged = tf.equal(value, old)
+    return (tf.where(unchanged, value, rounded),
+            tf.where(unchanged, compensation, new_compensation))
+
+
+_kahan_store_xla = tf.function(
+    _kahan_store, jit_compile=True, autograph=False, reduce_retracing=True)
+
+
+def _on_padded_rows(fn, *row_values):
+    """`fn(*row_values)` (elementwise), computed on rows padded to a power of two.
+
+    The rounding kernels are compiled by XLA once per input shape; the
+    number of rows a sparse update touches changes from step to step, and
+    compiling anew for each count took ~160 ms here. Padding the rows to the
+    next power of two (at least 64) bounds the shapes to a few.
+
+    Returns:
+        A list: each output of `fn`, cut back to the original rows.
+    """
+    count = tf.shape(row_values[0])[0]
+    exponent = tf.math.ceil(tf.math.log(tf.cast(tf.maximum(count, 1), tf.float32)) / np.log(2.0))
+    power = tf.bitwise.left_shift(1, tf.cast(exponent, tf.int32))
+    power = tf.where(power // 2 >= count, power // 2, power)  # log's last bit
+    padded_count = tf.maximum(64, power)
+    padding = [[0, padded_count - count]] + [[0, 0]] * (row_values[0].shape.rank - 1)
+    outputs = fn(*(tf.pad(v, padding) for v in row_values))
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [o[:count] for o in outputs]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,18 +262,10 @@ class _BF16WeightsLogic:
 
     @staticmethod
     def _kahan(old, value, compensation):
-        """Kahan-compensated BF16 store of `value` (the FP32 `old + u`).
-
-        Returns the new BF16 weight and compensation; where the inner
-        optimizer left the weight unchanged (a zero update, or a row a
-        sparse update did not touch) both stay as they are.
-        """
-        y = (value - old) - compensation
-        rounded = round_bf16(old + y, "rne")
-        new_compensation = round_bf16((rounded - old) - y, "rne")
-        unchanged = tf.equal(value, old)
-        return (tf.where(unchanged, value, rounded),
-                tf.where(unchanged, compensation, new_compensation))
+        """Kahan-compensated BF16 store of `value`: (weight, compensation)."""
+        # One fused pass, like the rounding kernel (and only where it is).
+        kernel = _kahan_store_xla if rounding_lib._state["use_xla"] else _kahan_store
+        return kernel(old, value, compensation)
 
     # The whole-variable path: after the inner optimizer's step.
 
@@ -333,17 +369,20 @@ class _BF16WeightsLogic:
         value = tf.gather(variable, rows)
         if kahan:
             compensation = _tf_variable(self._compensation_of(variable))
-            rounded, new_compensation = self._kahan(old, value, tf.gather(compensation, rows))
+            rounded, new_compensation = _on_padded_rows(
+                self._kahan, old, value, tf.gather(compensation, rows))
             compensation.scatter_update(tf.IndexedSlices(new_compensation, rows))
         else:
-            rounded = self._rounded(value, self._update_rounding, plan.index, step)
+            rounded, = _on_padded_rows(
+                lambda v: self._rounded(v, self._update_rounding, plan.index, step), value)
         variable.scatter_update(tf.IndexedSlices(rounded, rows))
-        if self._round_slots:
-            for index, slot in plan.slots:
-                slot = _tf_variable(slot)
-                slot.scatter_update(tf.IndexedSlices(self._rounded(
-                    tf.gather(slot, rows), self._slot_rounding(), _SLOT_SEED_OFFSET + index,
-                    step), rows))
+        for index, slot in plan.slots if self._round_slots else ():
+            slot = _tf_variable(slot)
+            rounded_slot, = _on_padded_rows(
+                lambda v, index=index: self._rounded(
+                    v, self._slot_rounding(), _SLOT_SEED_OFFSET + index, step),
+                tf.gather(slot, rows))
+            slot.scatter_update(tf.IndexedSlices(rounded_slot, rows))
         return result
 
     def _slot_exclusions(self):
