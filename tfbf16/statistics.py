@@ -58,9 +58,7 @@ def _exact_float64(x):
 def _rounded(x, rounding):
     """`x` (float32) rounded by a rounding name or an int32 runtime code."""
     if isinstance(rounding, str):
-        if rounding_code(rounding) == rounding_code("fp32"):  # validates the name
-            return x
-        return round_bf16(x, rounding)
+        return x if rounding == "fp32" else round_bf16(x, rounding)
     return round_bf16(x, tf.cast(tf.convert_to_tensor(rounding), tf.int32))
 
 
@@ -99,9 +97,15 @@ def tensor_statistics(x, rounding="rne", *, full=True):
     >>> sums, _ = tensor_statistics(tf.constant([1.00390625, 1e-39]))
     >>> relative_error = math.sqrt(sums[2] / sums[1])
     """
+    if isinstance(rounding, str):
+        rounding_code(rounding)  # an unknown name is an error, also when not full
     x = tf.convert_to_tensor(x)
     if x.dtype != tf.float32:
         x = tf.cast(x, tf.float32)
+    if full:
+        # Rounded in its own shape: in a training step, the emulation has
+        # already compiled the XLA rounding kernel for that shape.
+        rounded = tf.reshape(_rounded(x, rounding), [-1])
     x = tf.reshape(x, [-1])
     bits = tf.bitcast(x, tf.int32)
     magnitude = tf.bitwise.bitwise_and(bits, _ABS_MASK)
@@ -111,7 +115,6 @@ def tensor_statistics(x, rounding="rne", *, full=True):
     zero = tf.constant(0.0, tf.float64)
     if not full:
         return tf.stack([count, zero, zero, zero, zero, nonfinite]), None
-    rounded = _rounded(x, rounding)
     rounded_magnitude = tf.bitwise.bitwise_and(tf.bitcast(rounded, tf.int32), _ABS_MASK)
     rounded_finite = rounded_magnitude < _INF_BITS
     overflow = tf.logical_and(finite, tf.logical_not(rounded_finite))
