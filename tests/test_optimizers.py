@@ -1,5 +1,9 @@
 """tfbf16.optimizers.BF16Weights: BF16 storage, small updates, checkpoints."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -189,3 +193,36 @@ def test_config_round_trip_learning_rate_delegation_and_errors():
         BF16Weights("adam")
     with pytest.raises(TypeError, match="cannot wrap another"):
         BF16Weights(BF16Weights(keras.optimizers.SGD()))
+    for K in (keras, tf_keras):
+        inner = K.optimizers.Adagrad()
+        BF16Weights(inner)
+        with pytest.raises(TypeError, match="already wrapped by a BF16Weights"):
+            BF16Weights(inner)
+    with pytest.raises(TypeError, match="must be a Keras 3 optimizer"):
+        BF16Weights(keras.layers.Dense(2))
+
+
+_LOAD_SCRIPT = """
+import sys
+import keras, tf_keras
+import tfbf16
+K = keras if sys.argv[2] == "keras3" else tf_keras
+model = K.models.load_model(sys.argv[1])
+assert isinstance(model.optimizer, tfbf16.optimizers.BF16Weights), type(model.optimizer)
+print("LOADED", model.optimizer.update_rounding, len(model.optimizer.compensations))
+"""
+
+
+@FLAVOURS
+def test_a_fresh_process_loads_a_saved_model_with_its_optimizer(K, tmp_path):
+    x, y = _data()
+    model = _fit_model(K, BF16Weights(K.optimizers.Adagrad(0.05), "kahan"))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    done = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, path,
+                           "keras3" if K is keras else "tf_keras"],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LOADED kahan 4" in done.stdout  # a buffer per kernel and bias of the 2 layers

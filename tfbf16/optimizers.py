@@ -32,11 +32,10 @@ import dataclasses
 import functools
 import typing
 
-import keras
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
+from tfbf16 import backends
 from tfbf16 import rounding as rounding_lib
 from tfbf16.rounding import ROUNDINGS, round_bf16
 
@@ -93,13 +92,6 @@ def _check_seed(seed):
     return seed
 
 
-def _tf_variable(variable):
-    """The tf.Variable behind a Keras 3 variable (tf.Variables pass through)."""
-    if isinstance(variable, keras.Variable):
-        return variable.value
-    return variable
-
-
 def _is_float(variable):
     return tf.as_dtype(variable.dtype).is_floating
 
@@ -154,17 +146,23 @@ class _RowPlan:
     slots: tuple  # ((seed index, slot variable), ...)
 
 
-class _BF16WeightsLogic:
-    """The rounding logic both Keras implementations share.
+class BF16WeightsLogic:
+    """The rounding logic of `BF16Weights`, the same for both Kerases.
 
-    Subclasses provide `self.inner_optimizer` and the Keras-specific parts:
-    `_variable_key(variable)` (None for a variable the optimizer does not
-    know), `_variable_index(variable)`, `_compensation_of(variable)`,
-    `_lazy_rule()`, `_rows_allowed(variable)`, `_slot_of(name, variable)`
-    and `_step_during_update()`; they call `_apply_with_rounding` from their
-    apply method and route the inner optimizer's per-weight update step
-    through `_update_step_with_rounding`.
+    The back ends' `BF16Weights` classes (`tfbf16.backends.<keras>.optimizer`)
+    mix it into their Keras' `Optimizer` and provide `self.inner_optimizer`
+    and the Keras-specific parts: `LAZY_RULES`, `_variable_key(variable)`
+    (None for a variable the optimizer does not know),
+    `_variable_index(variable)`, `_rows_allowed(variable)`,
+    `_slot_of(name, variable)`, `_step_during_update()` and
+    `_learning_rate_variable()`. Their apply method calls
+    `_apply_with_rounding`, and their constructor routes the inner
+    optimizer's per-weight update step through `_update_step_with_rounding`
+    (`_install_update_hook`).
     """
+
+    #: The back end's `LazyRule` of each lazy inner optimizer class.
+    LAZY_RULES = {}
 
     def _init_bf16(self, update_rounding, round_slots, seed, sparse_updates):
         self._update_rounding = _check_update_rounding(update_rounding)
@@ -199,6 +197,25 @@ class _BF16WeightsLogic:
         """The Kahan compensation buffers, one per weight (empty otherwise)."""
         return list(getattr(self, "_compensations", None) or [])
 
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @iterations.setter
+    def iterations(self, variable):
+        self.inner_optimizer.iterations = variable
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
     def rounds_rows(self, variable):
         """Whether a sparse update of `variable` is rounded row by row.
 
@@ -225,7 +242,7 @@ class _BF16WeightsLogic:
         with tf.init_scope():
             for variable in var_list:
                 if _is_float(variable):
-                    variable.assign(round_bf16(tf.convert_to_tensor(_tf_variable(variable)), "rne"))
+                    variable.assign(round_bf16(tf.convert_to_tensor(self._tf_variable(variable)), "rne"))
 
     def _finish_build(self, var_list):
         """Rounds weights (and slots) once and plans the row-wise rounding."""
@@ -233,21 +250,21 @@ class _BF16WeightsLogic:
         slots = self._inner_slot_variables()
         if self._round_slots:
             self.round_weights(slots)
-        rule = self._lazy_rule() if self._sparse_updates else None
+        rule = self.LAZY_RULES.get(type(self.inner_optimizer)) if self._sparse_updates else None
         if rule is None or not rule.applies(self.inner_optimizer):
             return
-        slot_index = {id(_tf_variable(s)): i for i, s in enumerate(slots)}
+        slot_index = {id(self._tf_variable(s)): i for i, s in enumerate(slots)}
         for variable in var_list:
             if not _is_float(variable) or not self._rows_allowed(variable):
                 continue
             lazy_slots = tuple(
-                (slot_index[id(_tf_variable(slot))], slot)
+                (slot_index[id(self._tf_variable(slot))], slot)
                 for slot in (self._slot_of(name, variable) for name in rule.slots or ())
                 if slot is not None
             )
             self._row_plans[self._variable_key(variable)] = _RowPlan(
                 self._variable_index(variable), lazy_slots)
-            self._row_slot_ids.update(id(_tf_variable(s)) for _, s in lazy_slots)
+            self._row_slot_ids.update(id(self._tf_variable(s)) for _, s in lazy_slots)
 
     def _slot_rounding(self):
         return "rne" if self._update_rounding == "kahan" else self._update_rounding
@@ -299,7 +316,7 @@ class _BF16WeightsLogic:
             if grad is not None and _is_float(variable) and not self.rounds_rows(variable)
         ]
         old_values = [
-            tf.identity(_tf_variable(variable)) if self._update_rounding == "kahan" else None
+            tf.identity(self._tf_variable(variable)) if self._update_rounding == "kahan" else None
             for _, variable in whole
         ]
         result = inner_apply()
@@ -310,25 +327,26 @@ class _BF16WeightsLogic:
     def _round_whole_variables(self, distribution, whole, old_values):
         for (index, variable), old in zip(whole, old_values):
             distribution.extended.update(
-                _tf_variable(variable),
-                lambda v, old, index=index: self._round_variable(v, index, old, self.iterations),
+                self._tf_variable(variable),
+                lambda v, old, index=index: self._round_variable(
+                    v, index, old, self._step_after_update()),
                 args=(old,), group=False)
         if self._round_slots:
             rounding = self._slot_rounding()
             for index, slot in enumerate(self._inner_slot_variables()):
-                if id(_tf_variable(slot)) in self._row_slot_ids:
+                if id(self._tf_variable(slot)) in self._row_slot_ids:
                     continue
                 distribution.extended.update(
-                    _tf_variable(slot),
+                    self._tf_variable(slot),
                     lambda s, index=index: s.assign(self._rounded(
                         tf.convert_to_tensor(s), rounding, _SLOT_SEED_OFFSET + index,
-                        self.iterations)),
+                        self._step_after_update())),
                     group=False)
 
     def _round_variable(self, variable, index, old, step):
         value = tf.convert_to_tensor(variable)
         if self._update_rounding == "kahan":
-            compensation = _tf_variable(self._compensation_of(variable))
+            compensation = self._tf_variable(self._compensation_of(variable))
             rounded, new_compensation = self._kahan(old, value, tf.convert_to_tensor(compensation))
             compensation.assign(new_compensation)
             variable.assign(rounded)
@@ -355,7 +373,7 @@ class _BF16WeightsLogic:
             step = self._step_during_update()
             self._round_variable(variable, plan.index, old, step)
             for index, slot in plan.slots if self._round_slots else ():
-                slot = _tf_variable(slot)
+                slot = self._tf_variable(slot)
                 slot.assign(self._rounded(tf.convert_to_tensor(slot), self._slot_rounding(),
                                           _SLOT_SEED_OFFSET + index, step))
             return result
@@ -368,7 +386,7 @@ class _BF16WeightsLogic:
         step = self._step_during_update()
         value = tf.gather(variable, rows)
         if kahan:
-            compensation = _tf_variable(self._compensation_of(variable))
+            compensation = self._tf_variable(self._compensation_of(variable))
             rounded, new_compensation = _on_padded_rows(
                 self._kahan, old, value, tf.gather(compensation, rows))
             compensation.scatter_update(tf.IndexedSlices(new_compensation, rows))
@@ -377,7 +395,7 @@ class _BF16WeightsLogic:
                 lambda v: self._rounded(v, self._update_rounding, plan.index, step), value)
         variable.scatter_update(tf.IndexedSlices(rounded, rows))
         for index, slot in plan.slots if self._round_slots else ():
-            slot = _tf_variable(slot)
+            slot = self._tf_variable(slot)
             rounded_slot, = _on_padded_rows(
                 lambda v, index=index: self._rounded(
                     v, self._slot_rounding(), _SLOT_SEED_OFFSET + index, step),
@@ -385,19 +403,22 @@ class _BF16WeightsLogic:
             slot.scatter_update(tf.IndexedSlices(rounded_slot, rows))
         return result
 
-    def _slot_exclusions(self):
-        inner = self.inner_optimizer
-        excluded = {id(_tf_variable(inner.iterations))}
-        learning_rate = getattr(inner, "_learning_rate", None)
-        if isinstance(learning_rate, (tf.Variable, keras.Variable)):
-            excluded.add(id(_tf_variable(learning_rate)))
-        return excluded
+    def _compensation_of(self, variable):
+        return self._compensations[self._variable_index(variable)]
+
+    def _tf_variable(self, variable):
+        """The `tf.Variable` behind a variable of this optimizer's Keras."""
+        return backends.backend_of(self).tf_variable(variable)
 
     def _inner_slot_variables(self):
-        excluded = self._slot_exclusions()
+        """The inner optimizer's floating-point state but its step and learning rate."""
+        excluded = {id(self._tf_variable(self.inner_optimizer.iterations))}
+        learning_rate = self._learning_rate_variable()
+        if learning_rate is not None:
+            excluded.add(id(self._tf_variable(learning_rate)))
         return [
             v for v in self.inner_optimizer.variables
-            if _is_float(v) and id(_tf_variable(v)) not in excluded
+            if _is_float(v) and id(self._tf_variable(v)) not in excluded
         ]
 
     def _bf16_config(self):
@@ -409,7 +430,7 @@ class _BF16WeightsLogic:
         }
 
     def _step_after_update(self):
-        return tf.convert_to_tensor(_tf_variable(self.iterations))
+        return tf.convert_to_tensor(self._tf_variable(self.iterations))
 
     def _install_update_hook(self, optimizer, method_name):
         """Routes `optimizer.<method_name>(gradient, variable, ...)` through
@@ -512,280 +533,14 @@ class BF16Weights(abc.ABC):
     def __new__(cls, optimizer=None, *args, **kwargs):
         if cls is not BF16Weights:
             return super().__new__(cls)
-        if isinstance(optimizer, keras.optimizers.Optimizer):
-            return Keras3BF16Weights(optimizer, *args, **kwargs)
-        if isinstance(optimizer, tf_keras.optimizers.Optimizer):
-            return TfKerasBF16Weights(optimizer, *args, **kwargs)
-        if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
+        if not backends.is_keras_object(optimizer):
             raise TypeError(
-                "BF16Weights wraps tf_keras' current optimizers; got the legacy "
-                f"{type(optimizer).__name__}. Use tf_keras.optimizers."
-                f"{type(optimizer).__name__} instead of tf_keras.optimizers.legacy."
-                f"{type(optimizer).__name__}."
+                "BF16Weights wraps a Keras 3 (keras.optimizers.*) or tf_keras "
+                f"(tf_keras.optimizers.*) optimizer instance; got {optimizer!r}."
             )
-        raise TypeError(
-            "BF16Weights wraps a Keras 3 (keras.optimizers.*) or tf_keras "
-            f"(tf_keras.optimizers.*) optimizer instance; got {optimizer!r}."
-        )
+        return backends.backend_of(optimizer).optimizer_class(optimizer, *args, **kwargs)
 
 
-# Keras 3 optimizers that change only the rows of a sparse gradient (their
-# `update_step`s, Keras 3.15: scatter updates of the variable; slots as noted).
-_KERAS3_LAZY = {
-    keras.optimizers.SGD: LazyRule(lambda o: o.momentum == 0),
-    keras.optimizers.Adagrad: LazyRule(lambda o: True, slots=("_accumulators",)),
-    keras.optimizers.RMSprop: LazyRule(lambda o: o.momentum == 0, slots=None),
-    keras.optimizers.Adadelta: LazyRule(lambda o: True, slots=None),
-}
-
-
-@keras.saving.register_keras_serializable(package="tfbf16", name="BF16Weights")
-class Keras3BF16Weights(_BF16WeightsLogic, keras.optimizers.Optimizer):
-    """Keras 3 implementation of `BF16Weights` (see its docstring)."""
-
-    def __init__(self, optimizer, update_rounding="rne", *, round_slots=False,
-                 seed=None, sparse_updates=True, name=None):
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise TypeError(f"optimizer must be a Keras 3 optimizer; got {optimizer!r}.")
-        if isinstance(optimizer, BF16Weights):
-            raise TypeError("BF16Weights cannot wrap another BF16Weights.")
-        super().__init__(learning_rate=0.0, name=name or "bf16_weights")
-        self._init_bf16(update_rounding, round_slots, seed, sparse_updates)
-        self._install_update_hook(optimizer, "update_step")
-        self.inner_optimizer = optimizer
-
-    def build(self, var_list):
-        if self.built:
-            return
-        var_list = list(var_list)
-        self.inner_optimizer.build(var_list)
-        if self._update_rounding == "kahan":
-            self._compensations = [
-                self.add_variable_from_reference(v, name="kahan_compensation")
-                for v in var_list
-            ]
-        super().build(var_list)
-        self._finish_build(var_list)
-
-    def _variable_key(self, variable):
-        return self._var_key(variable)
-
-    def _variable_index(self, variable):
-        return self._get_variable_index(variable)
-
-    def _compensation_of(self, variable):
-        return self._compensations[self._get_variable_index(variable)]
-
-    def _lazy_rule(self):
-        return _KERAS3_LAZY.get(type(self.inner_optimizer))
-
-    def _rows_allowed(self, variable):
-        inner = self.inner_optimizer
-        return (getattr(variable, "constraint", None) is None
-                and not getattr(variable, "overwrite_with_gradient", False)
-                and not inner.use_ema and not inner.gradient_accumulation_steps
-                and (inner.weight_decay is None or not inner._use_weight_decay(variable)))
-
-    def _slot_of(self, name, variable):
-        slots = getattr(self.inner_optimizer, name, None) or ()
-        return slots[self.inner_optimizer._get_variable_index(variable)] if slots else None
-
-    def _step_during_update(self):
-        # Keras 3 counts the step after every weight's update_step.
-        return tf.convert_to_tensor(_tf_variable(self.inner_optimizer.iterations)) + 1
-
-    @property
-    def variables(self):
-        return self._variables[:] + list(self.inner_optimizer.variables)
-
-    def apply(self, grads, trainable_variables=None):
-        grads = list(grads)
-        if trainable_variables is None:
-            if not self.built:
-                raise ValueError(
-                    "When passing `grads` without `variables`, the optimizer must "
-                    "already be built; call `optimizer.build(trainable_variables)`."
-                )
-            variables = self._trainable_variables
-        else:
-            variables = list(trainable_variables)
-            if not self.built:
-                with tf.init_scope():
-                    self.build(variables)
-        self._apply_with_rounding(
-            grads, variables, lambda: self.inner_optimizer.apply(grads, trainable_variables))
-
-    def apply_gradients(self, grads_and_vars):
-        grads, variables = zip(*grads_and_vars)
-        self.apply(grads, variables)
-        return self.iterations
-
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        raise NotImplementedError("BF16Weights runs on the TensorFlow backend only.")
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    def scale_loss(self, loss):
-        return self.inner_optimizer.scale_loss(loss)
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
-            **self._bf16_config(),
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        optimizer = keras.saving.deserialize_keras_object(
-            config.pop("optimizer"), custom_objects=custom_objects
-        )
-        return cls(optimizer, **config)
-
-
-# tf_keras optimizers that change only the rows of a sparse gradient (their
-# `update_step`s, tf_keras 2.21). SGD keeps a momentum slot even without
-# momentum: its rows outside the gradient become 0 (already BF16).
-_TF_KERAS_LAZY = {
-    tf_keras.optimizers.SGD: LazyRule(lambda o: o.momentum == 0, slots=("momentums",)),
-    tf_keras.optimizers.Adagrad: LazyRule(lambda o: True, slots=("_accumulators",)),
-    tf_keras.optimizers.RMSprop: LazyRule(lambda o: o.momentum == 0, slots=None),
-    tf_keras.optimizers.Adadelta: LazyRule(lambda o: True, slots=None),
-}
-
-
-@tf_keras.saving.register_keras_serializable(package="tfbf16", name="BF16Weights")
-class TfKerasBF16Weights(_BF16WeightsLogic, tf_keras.optimizers.Optimizer):
-    """tf_keras implementation of `BF16Weights` (see its docstring)."""
-
-    def __init__(self, optimizer, update_rounding="rne", *, round_slots=False,
-                 seed=None, sparse_updates=True, name=None):
-        if not isinstance(optimizer, tf_keras.optimizers.Optimizer):
-            raise TypeError(f"optimizer must be a tf_keras optimizer; got {optimizer!r}.")
-        if isinstance(optimizer, BF16Weights):
-            raise TypeError("BF16Weights cannot wrap another BF16Weights.")
-        super().__init__(name=name or "bf16_weights", jit_compile=False)
-        self._init_bf16(update_rounding, round_slots, seed, sparse_updates)
-        self._install_update_hook(optimizer, "_update_step")
-        self.inner_optimizer = optimizer
-
-    def build(self, var_list):
-        if getattr(self, "_built", False):
-            return
-        var_list = list(var_list)
-        super().build(var_list)
-        self.inner_optimizer.build(var_list)
-        if self._update_rounding == "kahan":
-            self._compensations = [
-                self.add_variable_from_reference(v, "kahan_compensation")
-                for v in var_list
-            ]
-        self._finish_build(var_list)
-        self._built = True
-
-    def _variable_key(self, variable):
-        if getattr(variable, "_unique_id", None) is None:
-            return None  # tf_keras' model.save traces update steps with placeholders
-        return self._var_key(variable)
-
-    def _variable_index(self, variable):
-        return self._index_dict[self._var_key(variable)]
-
-    def _compensation_of(self, variable):
-        return self._compensations[self._variable_index(variable)]
-
-    def _lazy_rule(self):
-        return _TF_KERAS_LAZY.get(type(self.inner_optimizer))
-
-    def _rows_allowed(self, variable):
-        inner = self.inner_optimizer
-        return (getattr(variable, "constraint", None) is None and not inner.use_ema
-                and (inner.weight_decay is None or not inner._use_weight_decay(variable)))
-
-    def _slot_of(self, name, variable):
-        inner = self.inner_optimizer
-        slots = getattr(inner, name, None) or ()
-        return slots[inner._index_dict[inner._var_key(variable)]] if slots else None
-
-    def _step_during_update(self):
-        # tf_keras counts the step after every weight's update step.
-        return tf.convert_to_tensor(self.inner_optimizer.iterations) + 1
-
-    @property
-    def variables(self):
-        return list(self._variables) + list(self.inner_optimizer.variables)
-
-    def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
-                        **kwargs):
-        grads_and_vars = list(grads_and_vars)
-        if not grads_and_vars:
-            return self.iterations
-        grads = [g for g, _ in grads_and_vars]
-        variables = [v for _, v in grads_and_vars]
-        with tf.init_scope():
-            self.build(variables)
-        return self._apply_with_rounding(
-            grads, variables, lambda: self.inner_optimizer.apply_gradients(
-                grads_and_vars, name=name,
-                skip_gradients_aggregation=skip_gradients_aggregation, **kwargs))
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    @iterations.setter
-    def iterations(self, variable):
-        self.inner_optimizer.iterations = variable
-
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def lr(self):
-        return self.inner_optimizer.learning_rate
-
-    @lr.setter
-    def lr(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "optimizer": tf_keras.optimizers.serialize(self.inner_optimizer),
-            **self._bf16_config(),
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        optimizer = tf_keras.optimizers.deserialize(
-            config.pop("optimizer"), custom_objects=custom_objects,
-            use_legacy_optimizer=False,
-        )
-        return cls(optimizer, **config)
-
-
-BF16Weights.register(Keras3BF16Weights)
-BF16Weights.register(TfKerasBF16Weights)
+# Keras' saving finds the back ends' classes once they are imported.
+for _backend in backends.registered_backends():
+    _backend.optimizer_class  # noqa: B018  (imports and registers it)
