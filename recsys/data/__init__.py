@@ -9,15 +9,29 @@ One entry point, `make_datasets`, for three sources:
 - "tfrecord": a directory written by `python -m recsys.prepare`
   (`recsys.data.tfrecord`), which reads back the exact rows of its source.
 
-All of them yield batches in the format of `recsys.data.schema`.
+All of them yield batches in the format of `recsys.data.schema`, and every
+`DataBundle` says what its input was and what was read of it:
+
+- `DataBundle.input_report()`: per split, the lines (records, generated
+  rows) read, the malformed ones skipped, header lines, the first malformed
+  line as "file:line: reason", the rows asked for and available
+  (`recsys.data.accounting`);
+- `DataBundle.fingerprint()`: a JSON-ready identity of the input data
+  (`recsys.data.fingerprint`), to refuse results computed from other data.
+
+Nothing is lost without a word: a malformed fraction above
+`max_malformed_fraction` (default 1%), a truncated or corrupt file, or an
+input with no valid row stops the reading with an error that names the file.
 """
 
 import dataclasses
+import functools
 import numbers
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
+from recsys.data import accounting
 from recsys.data import criteo
 from recsys.data import synthetic
 from recsys.data import tfrecord
@@ -40,23 +54,77 @@ class DataBundle:
             rows ("one epoch": call `.repeat()` for more), except for the
             synthetic source without `train_rows`, which never ends.
         eval: finite `tf.data.Dataset` of evaluation batches, the same on
-            every iteration.
+            every iteration; its last batch may be partial, so that every
+            eval row is scored.
         vocab_sizes: 26 ints; `features["sparse"][:, i]` is in
             `[0, vocab_sizes[i])`.
         description: one line describing the source, for logs.
-        bad_lines: for "criteo", the `criteo.BadLines` report of malformed
-            lines skipped so far (call `report()` after training); None
-            otherwise (a "tfrecord" description carries the counts of the
-            source it was prepared from).
         shard: the `Shard` of the training rows, or None (all rows).
+        source: "synthetic", "criteo" or "tfrecord".
+        counters: split -> `accounting.SplitCounter` of what was read.
+        prepared_from: for "tfrecord", split -> the input report of the
+            source when it was prepared; None otherwise.
+        fingerprint_fn: returns the input's fingerprint (computed once).
     """
 
     train: tf.data.Dataset
     eval: tf.data.Dataset
     vocab_sizes: list
     description: str
-    bad_lines: Optional[criteo.BadLines] = None
     shard: Optional["Shard"] = None
+    source: str = None
+    counters: dict = dataclasses.field(default_factory=dict, repr=False)
+    prepared_from: Optional[dict] = dataclasses.field(default=None, repr=False)
+    fingerprint_fn: Optional[Callable[[], Any]] = dataclasses.field(
+        default=None, repr=False, compare=False)
+
+    def input_report(self):
+        """What was read of the input so far, per split (JSON-ready).
+
+        Counts are current as soon as the pipeline has read the lines (rows
+        read ahead by prefetching included), and count each line once however
+        often the data is iterated; read them after training / evaluating.
+
+        Returns:
+            `{"source": str, "train": {...}, "eval": {...}}`, each split the
+            dict of `accounting.SplitCounter.report`: "unit" ("line" for
+            Criteo text, where `eval_rows` / `train_rows` count lines,
+            malformed ones included; "record" for prepared TFRecords; "row"
+            for synthetic data), "requested", "available", "read", "rows",
+            "malformed", "header_lines", "malformed_fraction",
+            "first_malformed", "complete". For "tfrecord" each split also has
+            "prepared_from": the source's report when it was prepared.
+
+        Example:
+
+        >>> bundle.input_report()["eval"]["rows"]  # after a full eval pass
+        """
+        report = {"source": self.source}
+        for split, counter in self.counters.items():
+            report[split] = counter.report()
+            if self.prepared_from is not None:
+                report[split]["prepared_from"] = self.prepared_from[split]
+        return report
+
+    def describe_input(self):
+        """`input_report()` as one human-readable line, for logs."""
+        return accounting.describe_report(self.input_report())
+
+    def fingerprint(self):
+        """JSON-ready identity of the input data; compare its "digest".
+
+        Files: path, size and SHA-256 of each (sampled above 256 MiB; see
+        `recsys.data.fingerprint`); prepared TFRecords: the fingerprint
+        recorded at prepare time (records' SHA-256 and the source's digest);
+        synthetic: generator version, seed and vocab_scale. Split options
+        (`eval_rows`, `train_rows`, `num_buckets`, ...) are not part of it.
+        """
+        return self.fingerprint_fn()
+
+    @property
+    def bad_lines(self):
+        """Deprecated: malformed lines per split; use `input_report()`."""
+        return _MalformedCounts(self) if self.source == "criteo" else None
 
     @property
     def global_batch_size(self):
@@ -67,8 +135,21 @@ class DataBundle:
         return rows * (self.shard.count if self.shard is not None else 1)
 
 
+class _MalformedCounts:
+    """What `DataBundle.bad_lines` returned before `input_report` (kept for
+    benchmarks/streaming_memory.py)."""
+
+    def __init__(self, bundle):
+        self._bundle = bundle
+
+    def counts(self):
+        report = self._bundle.input_report()
+        return {split: report[split]["malformed"] for split in ("train", "eval")}
+
+
 def make_datasets(data, *, data_path=None, batch_size, seed=0, eval_rows=None,
                   train_rows=None, num_buckets=None, vocab_scale=1.0, strict=False,
+                  max_malformed_fraction=accounting.DEFAULT_MAX_MALFORMED_FRACTION,
                   drop_remainder=True, num_shards=1, shard_index=0):
     """Builds the train and eval datasets of a source.
 
@@ -94,8 +175,10 @@ def make_datasets(data, *, data_path=None, batch_size, seed=0, eval_rows=None,
 
     Args:
         data: "synthetic", "criteo" or "tfrecord".
-        data_path: for "criteo", a file, glob or comma-separated list of them;
-            for "tfrecord", the prepared directory; None for "synthetic".
+        data_path: for "criteo", a file, a directory (its regular, non-hidden
+            files in natural order), a glob, or a comma-separated list of
+            them; for "tfrecord", the prepared directory; None for
+            "synthetic".
         batch_size: rows per batch.
         seed: seed of the synthetic stream (its ground truth and rows). File
             sources are read in file order, whatever the seed.
@@ -113,10 +196,15 @@ def make_datasets(data, *, data_path=None, batch_size, seed=0, eval_rows=None,
         vocab_scale: "synthetic" only: multiplies its larger cardinalities
             (see `synthetic.vocab_sizes_for`).
         strict: "criteo" only: raise at the first malformed line (naming
-            file and line) instead of skipping and counting it.
-        drop_remainder: drop the last partial batch of finite datasets
-            (default, so that every batch has exactly `batch_size` rows);
-            must be True when sharded.
+            file, line and reason) instead of skipping and counting it.
+        max_malformed_fraction: "criteo" only: largest tolerated fraction of
+            malformed lines per split, in [0, 1]; above it, reading stops
+            with an error (see `recsys.data.accounting` for when it is
+            checked).
+        drop_remainder: drop the last partial training batch of a finite
+            train split (default, so that every training batch has exactly
+            `batch_size` rows); must be True when sharded. The eval split
+            always keeps its last partial batch: every eval row is scored.
         num_shards: number of training-data shards (data-parallel input
             pipelines); 1 for no sharding.
         shard_index: which shard, in `[0, num_shards)`.
@@ -125,8 +213,17 @@ def make_datasets(data, *, data_path=None, batch_size, seed=0, eval_rows=None,
         A `DataBundle`.
 
     Raises:
-        ValueError: on an unknown source or options that do not apply to it.
+        ValueError: on an unknown source or options that do not apply to it,
+            an empty file, a file compressed other than with gzip, or (for
+            a single Criteo file, whose lines are counted first) a
+            truncated or corrupt file.
         FileNotFoundError: when `data_path` names nothing to read.
+        PermissionError: when a file cannot be read.
+        tf.errors.InvalidArgumentError: not here but when iterating the
+            datasets, with a message naming the file: a truncated or corrupt
+            file (gzip file, TFRecord shard), a malformed line in strict
+            mode, too many malformed lines, or no valid line at all. The
+            `input_report()` then holds the counts up to that point.
 
     Example:
 
@@ -138,28 +235,30 @@ def make_datasets(data, *, data_path=None, batch_size, seed=0, eval_rows=None,
     26
     """
     _check_options(data, data_path, batch_size, train_rows, eval_rows, num_buckets,
-                   vocab_scale, strict)
+                   vocab_scale, strict, max_malformed_fraction)
     shard = _check_shard(num_shards, shard_index, batch_size, drop_remainder)
-    bad_lines = None
     if data == "synthetic":
-        train, eval_, vocab_sizes, description = _synthetic(
-            seed, vocab_scale, train_rows, eval_rows or DEFAULT_EVAL_ROWS, shard)
+        parts = _synthetic(seed, vocab_scale, train_rows, eval_rows or DEFAULT_EVAL_ROWS,
+                           shard)
     elif data == "criteo":
-        train, eval_, vocab_sizes, description, bad_lines = criteo.make_splits(
+        parts = criteo.make_splits(
             data_path, num_buckets=num_buckets, train_rows=train_rows,
-            eval_rows=eval_rows, default_eval_rows=DEFAULT_EVAL_ROWS, strict=strict)
+            eval_rows=eval_rows, default_eval_rows=DEFAULT_EVAL_ROWS, strict=strict,
+            max_malformed_fraction=max_malformed_fraction)
         if shard is not None:
-            train = shard.slice_rows(train)
+            parts["train"] = shard.slice_rows(parts["train"])
     else:
-        train, eval_, vocab_sizes, description = tfrecord.make_splits(
-            data_path, train_rows=train_rows, eval_rows=eval_rows, shard=shard)
+        parts = tfrecord.make_splits(data_path, train_rows=train_rows,
+                                     eval_rows=eval_rows, shard=shard)
 
-    def batch(blocks):
-        return blocks.rebatch(batch_size, drop_remainder=drop_remainder).prefetch(
-            tf.data.AUTOTUNE)
+    def batch(blocks, drop):
+        return blocks.rebatch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
 
-    return DataBundle(batch(train), batch(eval_), list(vocab_sizes), description, bad_lines,
-                      shard)
+    return DataBundle(
+        batch(parts["train"], drop_remainder), batch(parts["eval"], False),
+        list(parts["vocab_sizes"]), parts["description"], shard, source=data,
+        counters=parts["counters"], prepared_from=parts.get("prepared_from"),
+        fingerprint_fn=functools.cache(parts["fingerprint"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +322,7 @@ def _check_shard(num_shards, shard_index, batch_size, drop_remainder):
 
 
 def _check_options(data, data_path, batch_size, train_rows, eval_rows, num_buckets,
-                   vocab_scale, strict):
+                   vocab_scale, strict, max_malformed_fraction):
     if data not in SOURCES:
         raise ValueError(f"data must be one of {', '.join(SOURCES)}; got {data!r}.")
     for name, value, optional in (("batch_size", batch_size, False),
@@ -239,11 +338,21 @@ def _check_options(data, data_path, batch_size, train_rows, eval_rows, num_bucke
             "data_path is required for data='criteo' (TSV files) and "
             "data='tfrecord' (a prepared directory), and must be None for "
             f"data='synthetic'; got data={data!r}, data_path={data_path!r}.")
-    for name, applies, given in (("num_buckets", "criteo", num_buckets is not None),
-                                 ("vocab_scale", "synthetic", vocab_scale != 1.0),
-                                 ("strict", "criteo", bool(strict))):
+    accounting.check_fraction(max_malformed_fraction)
+    for name, applies, given in (
+            ("num_buckets", "criteo", num_buckets is not None),
+            ("vocab_scale", "synthetic", vocab_scale != 1.0),
+            ("strict", "criteo", bool(strict)),
+            ("max_malformed_fraction", "criteo",
+             max_malformed_fraction != accounting.DEFAULT_MAX_MALFORMED_FRACTION)):
         if given and data != applies:
             raise ValueError(f"{name} only applies to data={applies!r}, not {data!r}.")
+
+
+def _counted(blocks, counter):
+    """`blocks` counted by `counter` (rows generated; none malformed)."""
+    elements = blocks.map(accounting.rows_element)
+    return accounting.window_rows(elements).map(counter.apply)
 
 
 def _synthetic(seed, vocab_scale, train_rows, eval_rows, shard):
@@ -264,7 +373,20 @@ def _synthetic(seed, vocab_scale, train_rows, eval_rows, shard):
             train = train.take(train_rows // shard.global_rows)
     else:
         train = shard.slice_rows(stream.blocks("train", train_rows))
-    return (train, stream.blocks("eval", eval_rows), stream.vocab_sizes, description)
+    counters = {
+        # A shard counts its own rows only.
+        "train": accounting.SplitCounter("train", "row", requested=train_rows,
+                                         available=train_rows if shard is None else None),
+        "eval": accounting.SplitCounter("eval", "row", requested=eval_rows,
+                                        available=eval_rows)}
+    return {
+        "train": _counted(train, counters["train"]),
+        "eval": _counted(stream.blocks("eval", eval_rows), counters["eval"]),
+        "vocab_sizes": stream.vocab_sizes,
+        "description": description,
+        "counters": counters,
+        "fingerprint": stream.fingerprint,
+    }
 
 
 def prepare_tfrecords(data, output_dir, *, rows_per_shard, **source_options):
@@ -278,10 +400,17 @@ def prepare_tfrecords(data, output_dir, *, rows_per_shard, **source_options):
         output_dir: directory to write (see `tfrecord.write_prepared`).
         rows_per_shard: rows per TFRecord shard.
         **source_options: passed to `make_datasets` (data_path, seed,
-            train_rows, eval_rows, num_buckets, vocab_scale, strict).
+            train_rows, eval_rows, num_buckets, vocab_scale, strict,
+            max_malformed_fraction).
 
     Returns:
         The metadata dict written to `metadata.json`.
+
+    Raises:
+        ValueError, OSError: on options or paths that do not fit, checked
+            before the source is read.
+        tf.errors.InvalidArgumentError: on malformed or damaged input (see
+            `make_datasets`); nothing is left in `output_dir` then.
 
     Example:
 
@@ -292,6 +421,9 @@ def prepare_tfrecords(data, output_dir, *, rows_per_shard, **source_options):
     if data == "tfrecord":
         raise ValueError("The source is already a prepared TFRecord directory; "
                          "prepare reads 'synthetic' or 'criteo'.")
+    if data == "synthetic" and source_options.get("train_rows") is None:
+        raise ValueError("The synthetic stream never ends: pass train_rows.")
+    tfrecord.check_output_dir(output_dir)
     bundle = make_datasets(data, batch_size=_PREPARE_BATCH, drop_remainder=False,
                            **source_options)
     return tfrecord.write_prepared(bundle, output_dir, rows_per_shard)

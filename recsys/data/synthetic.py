@@ -30,6 +30,13 @@ Streaming. Rows are made in blocks of `BLOCK_ROWS` by stateless random ops
 keyed by `(seed, split, block index)`: any number of rows in constant memory,
 the same rows whatever the batch size, and train / eval rows from disjoint
 key spaces.
+
+Versions. `GENERATOR_VERSION` names the rows this code makes for a given
+`(seed, vocab_scale)`; it is part of the stream's fingerprint, by which
+results computed on other rows are refused. Any change to this module that
+changes a row (parameters, distributions, key derivation, block size, random
+ops) must increment it; `tests/recsys/test_data_synthetic.py` holds a digest
+of rows of the current version and fails when they change without it.
 """
 
 import math
@@ -37,9 +44,12 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from recsys.data import fingerprint
 from recsys.data import schema
 
 BLOCK_ROWS = 4096
+#: Version of the rows this module generates (see the module docstring).
+GENERATOR_VERSION = 1
 
 _SPLITS = {"train": 1, "eval": 2, "calibration": 3}
 
@@ -279,6 +289,12 @@ class SyntheticCriteo:
         entropy = -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
         return {"rows": int(n), "click_rate": p, "log_loss": loss / n,
                 "entropy": entropy}
+
+    def fingerprint(self):
+        """JSON-ready identity of the stream's rows (see `recsys.data.fingerprint`)."""
+        content = {"kind": "synthetic", "generator_version": GENERATOR_VERSION,
+                   "seed": self.seed, "vocab_scale": self.vocab_scale}
+        return {**content, "digest": fingerprint.digest(content)}
 
     def __repr__(self):
         return (f"SyntheticCriteo(seed={self.seed}, vocab_scale={self.vocab_scale}:"

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from recsys.data import criteo
 from recsys.data import make_datasets
+from recsys.data import textlines
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "criteo_kaggle_sample.tsv"
 BUCKETS = [1000] * 13 + [50] * 13  # small, uneven: exercises per-feature buckets
@@ -77,7 +78,12 @@ def test_sample_rows_match_raw_text(sample):
     assert label[:3].tolist() == [0.0, 0.0, 0.0] and label.sum() == sum(
         line.startswith("1\t") for line in lines)
     assert sparse.min() >= 0 and (sparse < np.array(BUCKETS)).all()
-    assert bundle.bad_lines.counts() == {"train": 0, "eval": 0}
+    report = bundle.input_report()
+    assert report["source"] == "criteo"
+    assert {split: report[split]["malformed"] for split in ("train", "eval")} == {
+        "train": 0, "eval": 0}
+    assert (report["train"]["read"], report["eval"]["read"]) == (150, 50)
+    assert report["eval"]["requested"] == report["eval"]["available"] == 50
 
 
 def test_train_rows_and_batching(sample):
@@ -93,7 +99,7 @@ def test_train_rows_and_batching(sample):
 def test_gzip_copy_gives_same_batches(sample, tmp_path):
     packed = tmp_path / "sample.tsv.gz"
     packed.write_bytes(gzip.compress(SAMPLE.read_bytes()))
-    assert criteo.count_lines(str(packed)) == 200
+    assert textlines.count_lines(str(packed)) == 200
     zipped = criteo_bundle(packed)
     assert_rows_equal(collect(zipped.train), sample[1])
     assert_rows_equal(collect(zipped.eval), sample[2])
@@ -104,7 +110,7 @@ def test_glob_over_two_files_sorted_naturally(tmp_path):
     # Lexicographic order would put day_2 last; natural order puts day_10 last.
     (tmp_path / "day_2.tsv").write_text("\n".join(lines[:120]) + "\n")
     (tmp_path / "day_10.tsv").write_text("\n".join(lines[120:]))  # no final newline
-    assert criteo.resolve_paths(str(tmp_path / "day_*.tsv"))[-1].endswith("day_10.tsv")
+    assert textlines.resolve_paths(str(tmp_path / "day_*.tsv"))[-1].endswith("day_10.tsv")
     dense, sparse, label = expected_rows(lines)
     for path in (tmp_path / "day_*.tsv", f"{tmp_path / 'day_2.tsv'},{tmp_path / 'day_10.tsv'}"):
         bundle = criteo_bundle(path, eval_rows=None)
@@ -135,17 +141,25 @@ def write_broken_copy(tmp_path):
 
 def test_malformed_lines_are_counted_and_skipped(tmp_path):
     path, broken = write_broken_copy(tmp_path)
-    bundle = criteo_bundle(path)
+    # 4 of 150 train lines are malformed: above the default 1%, allowed here.
+    bundle = criteo_bundle(path, max_malformed_fraction=0.05)
     dense, sparse, label = expected_rows(raw_lines())
     keep = np.array([n not in broken for n in range(1, 201)])
     for _ in range(2):  # a second pass must not count the lines again
         train, eval_ = collect(bundle.train), collect(bundle.eval)
-        assert bundle.bad_lines.counts() == {"train": 4, "eval": 1}
+        report = bundle.input_report()
+        assert {s: report[s]["malformed"] for s in ("train", "eval")} == {
+            "train": 4, "eval": 1}
+        assert {s: report[s]["read"] for s in ("train", "eval")} == {
+            "train": 150, "eval": 50}
     assert_rows_equal(tuple(np.concatenate(p) for p in zip(train, eval_)),
                       (dense[keep], sparse[keep], label[keep]))
-    report = bundle.bad_lines.report()
-    assert f"train: 4 malformed lines skipped, first: {path}:3: {broken[3]}" in report
-    assert f"eval: 1 malformed line skipped, first: {path}:190: {broken[190]}" in report
+    assert report["train"]["first_malformed"].startswith(f"{path}:3: {broken[3]}")
+    assert report["eval"]["first_malformed"].startswith(f"{path}:190: {broken[190]}")
+    assert report["train"]["rows"] == 146 and report["train"]["malformed_fraction"] == 4 / 150
+    line = bundle.describe_input()
+    assert f"train: 150 lines read, 4 malformed skipped (2.67%, first: {path}:3: {broken[3]}" in line
+    assert f"eval: 50 lines read, 1 malformed skipped (2.00%, first: {path}:190: {broken[190]}" in line
     # Every reason is detected.
     for number, reason in broken.items():
         line = raw_lines(path)[number - 1]
