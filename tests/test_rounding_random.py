@@ -121,6 +121,29 @@ def test_bits_are_uniform():
     assert not failures(uniformity_pvalues(bits))
 
 
+def _mix64(z):
+    """SplitMix64's output function, in NumPy (uint64 arithmetic wraps)."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def splitmix64_reference(seed, n):
+    """Outputs 1..n of SplitMix64 from the key the docstring describes."""
+    gamma = np.uint64(0x9E3779B97F4A7C15)
+    words = np.array(seed, np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        key = _mix64(np.array([_mix64(words[0] + gamma) + words[1]], np.uint64))[0]
+        return _mix64(key + np.arange(1, n + 1, dtype=np.uint64) * gamma)
+
+
+@pytest.mark.parametrize("seed", [[0, 0], [5, 0], [-1, 2**63 - 1], [-(2**63), 12345]])
+def test_bits_are_the_top_bits_of_splitmix64(seed):
+    expected = (splitmix64_reference(seed, 1 << 16) >> np.uint64(48)).astype(np.int64)
+    np.testing.assert_array_equal(recover_bits([1 << 16], seed=seed), expected)
+
+
 def test_bits_depend_on_the_row_major_index_only():
     flat = recover_bits([1 << 16], seed=9)
     square = recover_bits([256, 256], seed=9)
@@ -259,11 +282,7 @@ def _weak_weyl(n, key):
 
 def _weak_offset_hash(n, key):
     """A good hash of index + key: streams of nearby keys are shifted copies."""
-    z = np.arange(n, dtype=np.uint64) + np.uint64(key)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
+    z = _mix64(np.arange(n, dtype=np.uint64) + np.uint64(key))
     return (z >> np.uint64(48)).astype(np.int64)
 
 

@@ -54,6 +54,7 @@ _RNE_BIAS = 0x7FFF
 # SplitMix64: the increment ("golden gamma") and the two multipliers of its
 # output function (David Stafford's Mix13, as in Java's SplittableRandom).
 _GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_GOLDEN_GAMMA_INVERSE = pow(_GOLDEN_GAMMA, -1, 2**64)
 _MIX_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 _MIX_SHIFTS = (30, 27, 31)
 
@@ -159,7 +160,7 @@ def _stream_key(seed):
 
 
 def _random_bits(shape, seed, count):
-    """`count` (<= 32) uniform random bits per element, a pure function of seed.
+    """`count` (1 to 64) uniform random bits per element, a pure function of seed.
 
     Element i (row-major) gets the top `count` bits of output i + 1 of
     SplitMix64 started from `_stream_key(seed)`.
@@ -173,8 +174,13 @@ def _random_bits(shape, seed, count):
         uint64 tensor of `shape`, values in [0, 2**count).
     """
     size = tf.reduce_prod(tf.cast(shape, tf.int64))
-    counter = tf.bitcast(tf.range(1, size + 1, dtype=tf.int64), tf.uint64)
-    state = _stream_key(seed) + counter * _u64(_GOLDEN_GAMMA)
+    index = tf.bitcast(tf.range(size, dtype=tf.int64), tf.uint64)
+    # key + (i + 1) * gamma, written as (i + offset) * gamma with the runtime
+    # scalar offset = key / gamma + 1 (mod 2**64): no array-sized
+    # subexpression is constant, so XLA cannot fold the counters into an
+    # array constant of the tensor's size.
+    offset = _stream_key(seed) * _u64(_GOLDEN_GAMMA_INVERSE) + _u64(1)
+    state = (index + offset) * _u64(_GOLDEN_GAMMA)
     bits = tf.bitwise.right_shift(_mix64(state), _u64(64 - count))
     return tf.reshape(bits, shape)
 
