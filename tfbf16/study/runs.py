@@ -15,6 +15,8 @@ Example:
 >>> result = run_dir.read_json("result.json")
 """
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -22,6 +24,38 @@ import shutil
 from tfbf16.utils import files
 
 IDENTITY = "identity.json"
+
+
+def source_fingerprint(*packages):
+    """SHA-256 of the Python sources of `packages` (modules with `__file__`).
+
+    A run resumed or reused with other code would mix two implementations
+    into one result, so the code that computes a run is part of its
+    identity.
+    """
+    digest = hashlib.sha256()
+    for package in packages:
+        root = os.path.dirname(package.__file__)
+        for directory, subdirectories, names in sorted(os.walk(root)):
+            subdirectories.sort()
+            for name in sorted(names):
+                if name.endswith(".py"):
+                    path = os.path.join(directory, name)
+                    digest.update(f"{package.__name__}/{os.path.relpath(path, root)}".encode())
+                    with open(path, "rb") as f:
+                        digest.update(f.read())
+    return digest.hexdigest()
+
+
+def package_versions(*distributions):
+    """{distribution: installed version or None}, e.g. of "tensorflow", "keras"."""
+    versions = {}
+    for name in distributions:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 class RunMismatchError(ValueError):
