@@ -74,7 +74,7 @@ def test_sparse_rounding_is_bit_identical_to_rounding_whole_variables(K, name):
                                     sparse_updates=sparse)
             optimizer.build(model.trainable_variables)
             assert optimizer.rounds_rows(_table(model)) is sparse
-            results[sparse] = (_train(K, model, optimizer, steps=4),
+            results[sparse] = (_train(K, model, optimizer, steps=4, function=True),
                                [np.asarray(s) for s in optimizer._inner_slot_variables()],
                                [np.asarray(c) for c in optimizer.compensations])
         (weights, slots, compensations), (dense_weights, dense_slots, dense_compensations) = (

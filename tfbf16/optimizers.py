@@ -355,6 +355,7 @@ class BF16WeightsLogic:
 
     # The row-wise path: inside the inner optimizer's update step.
 
+    @tf.autograph.experimental.do_not_convert
     def _update_step_with_rounding(self, update_step, gradient, variable, *args):
         """The inner optimizer's `update_step` of one weight, then BF16 storage.
 

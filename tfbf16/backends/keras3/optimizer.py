@@ -84,6 +84,7 @@ class BF16Weights(optimizers.BF16WeightsLogic, keras.optimizers.Optimizer):
     def variables(self):
         return self._variables[:] + list(self.inner_optimizer.variables)
 
+    @tf.autograph.experimental.do_not_convert  # like Keras' own code
     def apply(self, grads, trainable_variables=None):
         grads = list(grads)
         if trainable_variables is None:
@@ -101,6 +102,7 @@ class BF16Weights(optimizers.BF16WeightsLogic, keras.optimizers.Optimizer):
         self._apply_with_rounding(
             grads, variables, lambda: self.inner_optimizer.apply(grads, trainable_variables))
 
+    @tf.autograph.experimental.do_not_convert  # like Keras' own code
     def apply_gradients(self, grads_and_vars):
         grads, variables = zip(*grads_and_vars)
         self.apply(grads, variables)

@@ -96,6 +96,7 @@ class BF16Weights(optimizers.BF16WeightsLogic, tf_keras.optimizers.Optimizer):
     def variables(self):
         return list(self._variables) + list(self.inner_optimizer.variables)
 
+    @tf.autograph.experimental.do_not_convert  # like Keras' own code
     def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
                         **kwargs):
         grads_and_vars = list(grads_and_vars)
