@@ -376,6 +376,15 @@ def test_guard_names_layer_restores_weights_and_stops_on_nan_input(K):
     assert int(wrapped.optimizer.iterations) == 2
 
 
+def test_guard_refuses_an_optimizer_it_cannot_build_before_the_first_step():
+    model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(1, name="d")])
+    wrapped = tfbf16.wrap(model, "rne")
+    wrapped.compile(tf_keras.optimizers.legacy.Adam(0.01), "mse")
+    x, y = _guard_data()
+    with pytest.raises(TypeError, match="legacy optimizers create theirs in the first step"):
+        wrapped.fit(x, y, verbose=0, callbacks=[cb.NonFiniteGuard(verbose=0)])
+
+
 def _overflow_model(K):
     """big (kernel 3.4e38: Inf in BF16, finite in FP32) -> x1e-38 -> head."""
     K.utils.set_random_seed(4)

@@ -2,33 +2,45 @@
 
 Keras 3's and tf_keras' `fit` each check that a callback is an instance of
 their own `Callback` class, and tf_keras' `CallbackList` reads attributes
-that its `Callback.__init__` sets. `Callback` derives from both and runs
-both constructors; everything in it that differs between the two Kerases
-stays in this module. It also holds what every callback reads from the
-model: its wrapped layers (`wrapped_layers`) and the step training starts
-at (`start_step`).
+that its `Callback` constructor sets. `Callback` derives from the callback
+class of every registered back end (`tfbf16.backends`) and runs each one's
+constructor, so nothing here names either Keras. The module also holds
+what every callback reads from the model: its wrapped layers
+(`wrapped_layers`) and the step training starts at (`start_step`).
 """
 
-import keras
 import numpy as np
-import tf_keras
 
+from tfbf16 import backends
 from tfbf16.wrap import iter_layers
 from tfbf16.wrapper_base import BF16Wrapper
 
 
-class Callback(keras.callbacks.Callback, tf_keras.callbacks.Callback):
-    """A callback that Keras 3's and tf_keras' `fit` (and `CallbackList`) accept.
+def _callback_classes():
+    classes = tuple(backend.callback_class for backend in backends.registered_backends())
+    if not classes:
+        raise ImportError(
+            "No Keras back end is registered; import tfbf16 (which registers them) "
+            "before tfbf16.callbacks."
+        )
+    return classes
+
+
+_CALLBACK_CLASSES = _callback_classes()
+
+
+class Callback(*_CALLBACK_CLASSES):
+    """A callback that every registered Keras' `fit` (and `CallbackList`) accepts.
 
     Subclasses override the usual hooks (`on_train_begin`,
     `on_train_batch_end`, ...) and read `self.model`.
     """
 
     def __init__(self):
-        keras.callbacks.Callback.__init__(self)
         # tf_keras' constructor assigns `self.model = None` (the setter below)
-        # and the attributes its CallbackList reads.
-        tf_keras.callbacks.Callback.__init__(self)
+        # and sets the attributes its CallbackList reads.
+        for callback_class in _CALLBACK_CLASSES:
+            callback_class.__init__(self)
 
     @property
     def model(self):
@@ -87,10 +99,3 @@ def start_step(model, optimizer=None):
         return int(np.asarray(iterations))
     except (TypeError, ValueError):
         return 0
-
-
-def tf_variable(variable):
-    """The `tf.Variable` of a Keras 3 variable (a tf_keras one is one already)."""
-    if isinstance(variable, keras.Variable):
-        return variable.value
-    return variable

@@ -6,8 +6,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from tfbf16 import backends
 from tfbf16.callbacks import recorder as recorder_lib
-from tfbf16.callbacks.base import tf_variable, wrapped_layers
+from tfbf16.callbacks.base import wrapped_layers
 from tfbf16.statistics import FIELDS
 from tfbf16.wrap import set_rounding
 
@@ -57,11 +58,6 @@ class _Snapshot:
             variable.assign(copy)
 
 
-def _optimizer_is_built(optimizer):
-    # Keras 3 optimizers say so in `built`; tf_keras ones only in `_built`.
-    return bool(getattr(optimizer, "built", False) or getattr(optimizer, "_built", False))
-
-
 class NonFiniteGuard(recorder_lib.ObservingCallback):
     """Catches NaN/Inf in training, names its source and recovers.
 
@@ -106,6 +102,8 @@ class NonFiniteGuard(recorder_lib.ObservingCallback):
 
     Raises:
         ValueError: for an invalid `snapshot_every`.
+        TypeError: in `on_train_begin`, for an optimizer without `build()`
+            (tf_keras' legacy optimizers).
         NonFiniteError: in `on_train_batch_end`, with `raise_error=True`,
             when it stops training.
 
@@ -138,16 +136,19 @@ class NonFiniteGuard(recorder_lib.ObservingCallback):
 
     def _guarded_variables(self):
         """Model variables (not the rounding codes) and optimizer variables."""
+        model_variable = backends.backend_of(self.model).tf_variable
         codes = set()
         for _, wrapper in wrapped_layers(self.model):
             for name in ("rounding_code", "grad_rounding_code"):
                 if hasattr(wrapper, name):
-                    codes.add(id(tf_variable(getattr(wrapper, name))))
-        result, seen = [], set()
+                    codes.add(id(model_variable(getattr(wrapper, name))))
+        variables = [model_variable(v) for v in self.model.variables]
         optimizer = self._optimizer()
-        optimizer_variables = list(optimizer.variables) if optimizer is not None else []
-        for variable in list(self.model.variables) + optimizer_variables:
-            variable = tf_variable(variable)
+        if optimizer is not None:
+            optimizer_variable = backends.backend_of(optimizer).tf_variable
+            variables += [optimizer_variable(v) for v in optimizer.variables]
+        result, seen = [], set()
+        for variable in variables:
             if id(variable) in codes or id(variable) in seen:
                 continue
             seen.add(id(variable))
@@ -166,9 +167,20 @@ class NonFiniteGuard(recorder_lib.ObservingCallback):
     def on_train_begin(self, logs=None):
         self._attach()
         optimizer = self._optimizer()
-        if optimizer is not None and not _optimizer_is_built(optimizer):
-            # Create the optimizer's slots now, so that the first snapshot has them.
-            optimizer.build(self.model.trainable_variables)
+        if optimizer is not None:
+            if not callable(getattr(optimizer, "build", None)):
+                raise TypeError(
+                    f"NonFiniteGuard saves the optimizer's state before the first step, "
+                    f"which needs an optimizer with build(): a Keras 3 or tf_keras "
+                    f"optimizer, not {type(optimizer).__module__}.{type(optimizer).__name__} "
+                    "(tf_keras.optimizers.legacy optimizers create theirs in the first step)."
+                )
+            # Create the optimizer's slots now, so that the first snapshot has
+            # them. Keras 3 says whether they exist in `built`; tf_keras has no
+            # such attribute and calls build() before every update itself
+            # (a no-op once built).
+            if not getattr(optimizer, "built", False):
+                optimizer.build(self.model.trainable_variables)
         self._step = 0
         self._since_save = 0
         self._epoch = 0

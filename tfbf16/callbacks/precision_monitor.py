@@ -5,8 +5,9 @@ import collections
 import numpy as np
 import tensorflow as tf
 
+from tfbf16 import backends
 from tfbf16.callbacks import recorder as recorder_lib
-from tfbf16.callbacks.base import start_step, tf_variable
+from tfbf16.callbacks.base import start_step
 from tfbf16.rounding import rounding_code
 from tfbf16.statistics import (
     FIELDS, HISTOGRAM_BINS, histogram_buckets, summarize, tensor_statistics,
@@ -102,8 +103,9 @@ class PrecisionMonitor(recorder_lib.ObservingCallback):
             )
         recorder.rounding_code.assign(rounding_code(self.rounding))
         self._step = start_step(self.model, self.optimizer)
+        backend = backends.backend_of(self.model)
         self._weights = [
-            [tf_variable(v) for v in wrapper.layer.trainable_weights
+            [backend.tf_variable(v) for v in wrapper.layer.trainable_weights
              if tf.as_dtype(v.dtype).is_floating]
             for _, wrapper in recorder.layers
         ]
