@@ -7,23 +7,24 @@ features, 2 full-rank cross layers, a 256-128 deep tower, batch `--batch`)
 with:
 
 - "fp32": the Adagrad optimizer alone (FP32 weights);
-- "<rounding>": `BF16Weights(Adagrad, rounding)`, rounding only the updated
-  rows (the default);
-- "<rounding> whole": the same with `sparse_updates=False`, rounding every
+- "<rounding>, rows": `BF16Weights(Adagrad, rounding)`, rounding only the
+  updated rows (the default);
+- "<rounding>, whole": the same with `sparse_updates=False`, rounding every
   row of every table after every step (the path before row rounding).
 
-For each update rounding the three run side by side in interleaved rounds
+For each update rounding they run side by side in interleaved rounds
 (`benchmarks.timing`), sharing one model, and the table gives the median
 milliseconds per step and the median over rounds of the ratio to FP32 in
-the same round (wall clock and process CPU time). Roundings are measured
-one after the other (each with its own FP32 rounds) so that at most three
-optimizers' slots exist at once: with the default 26 x 1M x 16 tables the
-model holds 1.7 GB of weights and every Adagrad (and Kahan buffer set) as
-much again, about 10 GB at the peak (kahan).
+the same round (wall clock and process CPU time). Memory: with the default
+26 x 1M x 16 tables the model holds 1.7 GB of weights and every Adagrad
+(and every set of Kahan buffers) as much again, so one rounding with both
+paths needs 6.6 GB (kahan: 10 GB); on a shared machine time one rounding
+and one path per run (the process does not give all memory back between
+roundings).
 
 Usage:
 
-    python -m benchmarks.bf16_weights_tables
+    python -m benchmarks.bf16_weights_tables --roundings=kahan --paths=rows
     python -m benchmarks.bf16_weights_tables --roundings=rne,kahan --rows=100000
 """
 
@@ -45,7 +46,9 @@ flags.DEFINE_integer("rows", 1_000_000, "Rows of each of the 26 embedding tables
 flags.DEFINE_integer("dim", 16, "Embedding dimension.", lower_bound=1)
 flags.DEFINE_integer("batch", 512, "Batch size.", lower_bound=1)
 flags.DEFINE_list("roundings", list(UPDATE_ROUNDINGS), "Update roundings to time.")
-flags.DEFINE_bool("whole", True, "Also time the whole-variable rounding (sparse_updates=False).")
+flags.DEFINE_list("paths", ["rows", "whole"],
+                  "Which BF16 paths to time beside FP32: rows (only the updated rows are "
+                  "rounded, the default) and whole (sparse_updates=False).")
 flags.DEFINE_enum("keras", "tf_keras", ["tf_keras", "keras3"], "Which Keras builds the model.")
 flags.DEFINE_integer("rounds", 7, "Interleaved timed rounds.", lower_bound=1)
 flags.DEFINE_float("round_seconds", 1.0, "Target seconds of one candidate in one round.")
@@ -106,15 +109,12 @@ def train_step(model, optimizer, features, labels):
 def measure(K, model, data, rounding):
     """Interleaved timing of FP32, row-wise and whole-variable rounding."""
     candidates = {"fp32": train_step(model, K.optimizers.Adagrad(0.01), *data)}
-    bf16 = BF16Weights(K.optimizers.Adagrad(0.01), rounding, seed=0)
-    candidates[rounding] = train_step(model, bf16, *data)
-    table = model.get_layer("table0").embeddings
-    if not bf16.rounds_rows(table):
-        raise AssertionError(f"{rounding}: the tables are not rounded by rows")
-    if FLAGS.whole:
-        candidates[f"{rounding} whole"] = train_step(
-            model, BF16Weights(K.optimizers.Adagrad(0.01), rounding, seed=0,
-                               sparse_updates=False), *data)
+    for path in FLAGS.paths:
+        bf16 = BF16Weights(K.optimizers.Adagrad(0.01), rounding, seed=0,
+                           sparse_updates=path == "rows")
+        candidates[f"{rounding}, {path}"] = train_step(model, bf16, *data)
+        if bf16.rounds_rows(model.get_layer("table0").embeddings) != (path == "rows"):
+            raise AssertionError(f"{rounding}: the {path} path was not taken")
     for fn in candidates.values():
         fn()  # trace and compile
     calls = {name: timing.calls_for(fn, FLAGS.round_seconds) for name, fn in candidates.items()}
@@ -126,6 +126,8 @@ def main(argv):
     for rounding in FLAGS.roundings:
         if rounding not in UPDATE_ROUNDINGS:
             raise ValueError(f"--roundings: unknown {rounding!r}; valid: {UPDATE_ROUNDINGS}.")
+    if not FLAGS.paths or not set(FLAGS.paths) <= {"rows", "whole"}:
+        raise ValueError(f"--paths: rows and/or whole; got {FLAGS.paths}.")
     K = _keras()
     print(f"BF16 weights on {NUM_TABLES} tables of {FLAGS.rows:,} x {FLAGS.dim} ({FLAGS.keras}, "
           f"Adagrad, batch {FLAGS.batch}), {FLAGS.rounds} interleaved rounds per rounding")
