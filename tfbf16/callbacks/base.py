@@ -4,7 +4,7 @@ Keras 3's and tf_keras' `fit` each check that a callback is an instance of
 their own `Callback` class, and tf_keras' `CallbackList` reads attributes
 that its `Callback` constructor sets. `Callback` derives from the callback
 class of every registered back end (`tfbf16.backends`) and runs each one's
-constructor, so nothing here names either Keras. The module also holds
+constructor, so this module imports neither Keras. It also holds
 what every callback reads from the model: its wrapped layers
 (`wrapped_layers`) and the step training starts at (`start_step`).
 """
