@@ -46,10 +46,7 @@ from typing import Optional
 from absl import logging
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server", "tpu")
-# Parameter-server sharding: tables above this size are split into shards of
-# at least this many bytes, at most one per parameter server.
-MIN_SHARD_BYTES = 8 << 20
+from recsys.config import MIN_SHARD_BYTES, STRATEGIES
 
 _TF_CONFIG_HELP = (
     "Set TF_CONFIG on every task, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
@@ -212,6 +209,23 @@ def make_distribution(name, *, tpu=None, min_shard_bytes=MIN_SHARD_BYTES):
     if name == "parameter_server":
         return _parameter_server(config, min_shard_bytes)
     return _tpu(tpu)
+
+
+def start(distribution_config):
+    """The `Distribution` of a `recsys.config.DistributionConfig`, logged.
+
+    A "worker" or "ps" task of a parameter-server cluster does not train: it
+    serves the chief here until the job ends, then the process exits.
+    """
+    dc = distribution_config
+    distribution = make_distribution(dc.strategy, tpu=dc.tpu,
+                                     min_shard_bytes=dc.ps_min_shard_bytes)
+    logging.info("Distribution: %s", distribution.describe())
+    if distribution.is_server_only:
+        logging.info("Serving the cluster until the job ends.")
+        distribution.server.join()
+        raise SystemExit(0)
+    return distribution
 
 
 def _multi_worker(config):

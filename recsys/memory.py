@@ -35,7 +35,8 @@ import functools
 
 from absl import logging
 
-from recsys.precision import Precision
+from recsys import model as model_lib
+from tfbf16.study.precision import Precision
 
 # Measured on this machine (vocab_scale=10: 4.2M rows, embedding 16, 256 MiB
 # of weights; fp32 and rne): peak resident memory of a run, above the
@@ -102,7 +103,7 @@ class Estimate:
 @functools.lru_cache(maxsize=16)
 def _non_embedding_parameters(model_config):
     """Parameters outside the embedding tables, counted on a tiny model."""
-    tiny = model_config.build([2] * 26)
+    tiny = model_lib.build_from_config(model_config, [2] * 26)
     return tiny.count_params() - 26 * 2 * model_config.embedding_dim
 
 

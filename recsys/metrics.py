@@ -3,23 +3,29 @@
 `evaluate` runs a logit model over every batch of a dataset and reports
 
 - `log_loss`: the mean binary cross-entropy over ALL examples, computed in
-  float64 from the model's FP32 logits as `log(1 + e^z) - y z` (numerically
-  stable for any logit). `tfrs.Model.evaluate` reports the last batch's loss
-  instead, and a rounded sigmoid output would clip probabilities near 1;
-  neither is used.
-- `auc`: the exact ROC AUC (the Mann-Whitney statistic, ties counted half),
-  from a sort of all logits.
+  float64 from the model's FP32 logits as `log(1 + e^z) - y z`. Written here
+  because `sklearn.metrics.log_loss` takes probabilities, and a probability
+  rounded near 1 (or clipped) loses what a 0.001 difference needs;
+  `tfrs.Model.evaluate` reports the last batch's loss instead.
+- `auc`: the exact ROC AUC (`sklearn.metrics.roc_auc_score`, ties counted
+  half), from all logits.
 - `calibration`: mean predicted click probability / observed click rate
   (1.0 is perfectly calibrated on average).
+- `count` and `rows_sha256`: how many rows were scored and a SHA-256 of
+  their content (features and labels), so that results computed on
+  different rows are never compared.
 
 Example:
 
 >>> result = evaluate(model, bundle.eval)
 >>> sorted(result)
-['auc', 'calibration', 'count', 'log_loss', 'mean_label', 'mean_prediction']
+['auc', 'calibration', 'count', 'log_loss', 'mean_label', 'mean_prediction', 'rows_sha256']
 """
 
+import hashlib
+
 import numpy as np
+from sklearn import metrics as sklearn_metrics
 import tensorflow as tf
 
 
@@ -39,10 +45,7 @@ def log_loss_terms(labels, logits):
 
 
 def roc_auc(labels, scores):
-    """Exact area under the ROC curve.
-
-    Equals the probability that a random positive scores higher than a random
-    negative, ties counting one half (average ranks).
+    """Exact area under the ROC curve (`sklearn.metrics.roc_auc_score`).
 
     Args:
         labels: array-like of 0/1 labels.
@@ -54,22 +57,10 @@ def roc_auc(labels, scores):
     y = np.asarray(labels).astype(bool).ravel()
     s = np.asarray(scores, np.float64).ravel()
     if y.shape != s.shape:
-        raise ValueError(f"labels and scores differ in length: {y.shape} vs "
-                         f"{s.shape}.")
-    positives = int(y.sum())
-    negatives = y.size - positives
-    if positives == 0 or negatives == 0:
+        raise ValueError(f"labels and scores differ in length: {y.shape} vs {s.shape}.")
+    if y.all() or not y.any():
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    # Average 1-based rank of each run of equal scores.
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    ends = np.r_[starts[1:], s.size]
-    run_rank = (starts + ends + 1) / 2.0
-    ranks = np.repeat(run_rank, ends - starts)
-    rank_sum = ranks[y[order]].sum()
-    return float((rank_sum - positives * (positives + 1) / 2.0)
-                 / (positives * negatives))
+    return float(sklearn_metrics.roc_auc_score(y, s))
 
 
 def click_metrics(labels, logits):
@@ -114,6 +105,11 @@ def make_logit_fn(model, jit_compile=False):
                        jit_compile=jit_compile, reduce_retracing=True)
 
 
+def _update_rows_digest(digest, features, label):
+    for value in tf.nest.flatten((features, label)):
+        digest.update(np.ascontiguousarray(value.numpy()).tobytes())
+
+
 def evaluate(model, dataset, steps=None, logit_fn=None):
     """Evaluates a logit model on a dataset of `(features, label)` batches.
 
@@ -125,7 +121,9 @@ def evaluate(model, dataset, steps=None, logit_fn=None):
             `model` (e.g. from `make_logit_fn`, to reuse one trace).
 
     Returns:
-        The `click_metrics` dict over all evaluated examples.
+        The `click_metrics` dict over all evaluated examples, plus
+        "rows_sha256": a digest of the rows evaluated (features and labels,
+        in order).
 
     Example:
 
@@ -138,9 +136,13 @@ def evaluate(model, dataset, steps=None, logit_fn=None):
     if steps is not None:
         dataset = dataset.take(steps)
     labels, logits = [], []
+    digest = hashlib.sha256()
     for features, label in dataset:
         logits.append(logit_fn(features).numpy())
         labels.append(label.numpy())
+        _update_rows_digest(digest, features, label)
     if not labels:
         raise ValueError("The evaluation dataset is empty.")
-    return click_metrics(np.concatenate(labels), np.concatenate(logits))
+    result = click_metrics(np.concatenate(labels), np.concatenate(logits))
+    result["rows_sha256"] = digest.hexdigest()
+    return result

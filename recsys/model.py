@@ -28,9 +28,8 @@ import recsys  # noqa: F401  (selects tf_keras as tf.keras before TF loads)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from recsys.config import STRUCTURES
 from recsys.data import schema
-
-STRUCTURES = ("stacked", "parallel")
 
 LOGIT = "logit"
 
@@ -144,3 +143,20 @@ def build_dcn(vocab_sizes, *, embedding_dim=16, num_cross_layers=3,
     logit = layers.Reshape((), name=LOGIT)(logit)
     return tf.keras.Model({schema.DENSE: dense_in, schema.SPARSE: sparse_in},
                           logit, name="dcn")
+
+
+def build_from_config(model_config, vocab_sizes, seed=None):
+    """`build_dcn` with the architecture of a `recsys.config.ModelConfig`.
+
+    Args:
+        model_config: the architecture.
+        vocab_sizes: the 26 table sizes.
+        seed: the initialization seed (None: Keras' current random state).
+
+    Returns:
+        The FP32 model.
+    """
+    mc = model_config
+    return build_dcn(vocab_sizes, embedding_dim=mc.embedding_dim,
+                     num_cross_layers=mc.num_cross_layers, projection_dim=mc.projection_dim,
+                     deep_layers=mc.deep_layers, structure=mc.structure, seed=seed)

@@ -2,75 +2,43 @@ r"""The BF16 sensitivity study: FP32 vs BF16 roundings on the DCN click model.
 
 Trains every precision of `--precisions` for every seed of `--seeds` and
 compares their eval log loss. The design is paired: for a given seed every
-precision starts from the same initial weights (copied from one FP32 model)
-and reads the same training batches in the same order, and all runs share
-one eval set, so the per-seed differences `precision - fp32` cancel the
-seed-to-seed variation that the runs share. For each precision the study
-reports the mean eval log loss with its 95% t interval over seeds, the mean
-paired difference to FP32 with its 95% t interval, and whether the
-difference reaches the 0.001 log loss that the DCN papers call practically
-significant on Criteo.
+precision starts from the same initial weights and reads the same training
+batches in the same order, and every run is scored on the same eval rows, so
+the per-seed differences `precision - fp32` cancel what the runs share. For
+each precision the study reports the mean eval log loss with its t interval
+over seeds, the mean paired difference to FP32 with its interval, and whether
+the difference reaches `--threshold` (0.001 log loss: what the DCN papers
+call practically significant on Criteo).
 
-Outputs in `--output_dir`:
+Outputs in `--output_dir` (written atomically):
 
-- `results.json`: the configuration, one record per (precision, seed)
-  (eval log loss, AUC, calibration, learning curve, speed) and the summary
-  per precision;
+- `results.json`: the configuration, the input report (rows read and
+  malformed lines per data split), one record per (precision, seed) and the
+  summary per precision;
 - `results.md`: the summary as a Markdown table (also printed at the end);
-- `study.png`: eval log loss over training per precision and the paired
-  differences to FP32 with their intervals;
-- `runs/<precision>_seed<seed>/`: each run's checkpoints and TensorBoard
-  logs. A study that is interrupted and started again with the same flags
-  resumes: finished runs are loaded, an unfinished one resumes from its last
-  checkpoint.
+- `study.png`: eval log loss over training, the paired differences over
+  training and the final paired differences with their intervals;
+- `runs/<precision>_seed<seed>/`: each run's directory (`recsys.train`).
 
-Seeds vary the initial weights; the training stream (`--data_seed`) and the
-eval set are the same for every run.
-
-Default configuration, and why
-------------------------------
-Data: the synthetic Criteo-like stream of data seed 0 at `vocab_scale=0.1`
-(41,741 ids, click rate 0.247, ground-truth log loss 0.3825), 2**18 eval
-rows. Model: DCN-V2 stacked, 2 full-rank cross layers, deep 128-64,
-embedding 8 (x0 width 221, ~470k parameters). Training: Adam, peak learning
-rate 0.004 with cosine decay to 0, batch 2048, 300 steps (614k rows). Eight
-seeds; fp32, rne, trunc. Measured with it (2 cores, little else running):
-8 min 20 s wall, 589 CPU-seconds; FP32 eval log loss 0.4245, AUC 0.8235.
-Again on 2026-12-01 with nothing else running: 4 min 38 s wall (the same
-FP32 results; RNE - FP32 -0.00007 [-0.00046, +0.00032], TRUNC - FP32
-+0.00019 [-0.00009, +0.00047]; see the README).
-
-Why. What limits precision is not the eval set but training itself: a
-BF16 run starts from the FP32 run's weights and data, but its first rounded
-step perturbs the trajectory, training amplifies the perturbation, and at
-the end the two runs differ by chance. Measured here (per-seed BF16 - FP32
-differences): their standard deviation was 0.0005-0.0008 for batch 512 and
-1000 steps (constant or cosine learning rate, 41k or 8k ids), and 0.0004-
-0.0005 for the default (0.00051 rne, 0.00042 trunc over 8 seeds), against
-0.0024 between FP32 runs of different seeds (pairing removes ~80% of the
-noise). Evaluation adds little: from the per-example losses, the sampling
-error of a paired difference on 2**18 rows is 0.00007-0.00009. So the
-half-width is about t(0.975, n-1) * 0.0005 / sqrt(n) for n seeds: 0.00062
-for 5 seeds, 0.00052 for 6, 0.00042 for 8, hence 8 seeds (measured: 0.00043
-rne, 0.00035 trunc). The 10 minutes then leave ~60 s per seed for three
-runs, which sets the training length: 614k rows at batch 2048 (on this CPU
-batch 2048 trains ~1.4x more rows per second than 512). Batch 512 for 1000
-steps reached a lower loss (0.4165-0.418 with cosine decay from 0.002) but
-was no quieter and is slower; 400 steps of batch 2048 reached 0.412-0.415
-with similar noise but does not fit eight seeds. The runs are far from the
-ground truth: the study measures BF16 on a partly trained model, as in the
-first epoch of a real Criteo run.
+Started again with the same flags, a study resumes: finished runs are
+loaded, an unfinished one continues from its last checkpoint. A run
+directory of other settings or other input data is refused, naming what
+differs (`--overwrite` retrains it). Runs evaluated on different rows are
+never paired.
 
 Usage:
 
-    python -m recsys.study                      # the default study, ~8 min
+    python -m recsys.study                      # the default study
     python -m recsys.study --seeds=0,1,2 --precisions=fp32,rne,trunc,stochastic
+    python -m recsys.study --precisions=fp32,rne --weights_precision=fp32,bf16 \
+        --update_rounding=rne,stochastic,kahan --output_dir=study_bf16_weights
     python -m recsys.study --data=criteo --data_path=train.txt \
         --embedding_dim=39 --train_steps=100000 --output_dir=criteo_study
+
+Run `python -m recsys.study --helpfull` for every flag.
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -80,13 +48,20 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
+from tfbf16.study import plots
+from tfbf16.study import stats
+from tfbf16.study import summary as summary_lib
+from tfbf16.utils import cli
+from tfbf16.utils import files
+
+from recsys import batches
+from recsys import distribute
 from recsys import flags_lib
 from recsys import memory
-from recsys import precision as precision_lib
-from recsys import stats
+from tfbf16.study import precision as precision_lib
 from recsys import trainer
+from recsys.data import accounting
 
 FLAGS = flags.FLAGS
 
@@ -105,21 +80,33 @@ flags.DEFINE_list("update_rounding", None,
                   f"compare, from {', '.join(precision_lib.UPDATE_ROUNDINGS)} "
                   "(default rne).")
 flags.DEFINE_list("seeds", [str(s) for s in range(8)],
-                  "Comma-separated model initialization seeds (the paired "
-                  "replicates).")
+                  "Comma-separated model initialization seeds (the paired replicates).")
 flags.DEFINE_string("output_dir", "study_output",
-                    "Directory for results.json, results.md, study.png and "
-                    "the runs; an interrupted study there is resumed.")
-flags.DEFINE_float("threshold", 0.001,
-                   "Practically significant log-loss difference.")
+                    "Directory for results.json, results.md, study.png and the runs; "
+                    "an interrupted study there is resumed.")
+flags.DEFINE_float("threshold", 0.001, "Practically significant log-loss difference (> 0).")
+flags.DEFINE_float("confidence", stats.CONFIDENCE,
+                   "Level of every confidence interval, strictly between 0 and 1.")
 flags.DEFINE_bool("progress", True, "Show a progress bar for each run.")
+flags.register_validator("threshold", lambda v: v > 0,
+                         "--threshold must be > 0 (a log-loss difference, e.g. 0.001).")
+flags.register_validator("confidence", lambda v: 0 < v < 1,
+                         "--confidence must be strictly between 0 and 1 (e.g. 0.95).")
 
-THRESHOLD = 0.001
-CONFIDENCE = 0.95
+#: The study's metrics: log loss against the threshold, AUC, calibration.
+LOG_LOSS = summary_lib.Metric("log_loss", higher_is_better=False, label="eval log loss",
+                              digits=5)
+AUC = summary_lib.Metric("auc", higher_is_better=True, label="AUC", digits=5)
+CALIBRATION = summary_lib.Metric("calibration", higher_is_better=False,
+                                 label="calibration", digits=4, paired=False)
 # Every run reads the same training batches; up to this many rows (~1.1 GB)
 # they are made once and kept in memory.
 MAX_CACHED_TRAIN_ROWS = 1 << 22
-METRICS = ("log_loss", "auc", "calibration")
+
+
+def metrics_for(threshold):
+    """The study's `Metric`s, log loss with `threshold`."""
+    return [dataclasses.replace(LOG_LOSS, threshold=threshold), AUC, CALIBRATION]
 
 
 def check_precisions(precisions, weights_precisions=("fp32",), update_roundings=None):
@@ -137,78 +124,69 @@ def check_seeds(seeds):
     try:
         seeds = [int(s) for s in seeds]
     except (TypeError, ValueError):
-        raise ValueError(f"Seeds must be integers, got {seeds}.") from None
+        raise ValueError(f"--seeds must be integers, got {list(seeds)}.") from None
     if not seeds or any(s < 0 for s in seeds):
-        raise ValueError(f"Give at least one seed, all >= 0; got {seeds}.")
+        raise ValueError(f"--seeds: give at least one seed, all >= 0; got {seeds}.")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"Seeds repeat: {seeds}.")
+        raise ValueError(f"--seeds repeat: {seeds}.")
     return seeds
-
-
-def _validator(check):
-    def validate(value):
-        try:
-            check(value)
-        except ValueError as e:
-            raise flags.ValidationError(str(e)) from None
-        return True
-    return validate
-
-
-flags.register_multi_flags_validator(
-    ["precisions", "weights_precision", "update_rounding"],
-    _validator(lambda f: check_precisions(f["precisions"], f["weights_precision"],
-                                          f["update_rounding"])))
-flags.register_validator("seeds", _validator(check_seeds))
 
 
 def run_study(data_config, model_config, train_config, *, precisions, seeds,
               output_dir, weights_precisions=("fp32",), update_roundings=None,
-              data_seed=0, threshold=THRESHOLD, verbose=1, distribution=None,
-              memory_check=True):
+              threshold=0.001, confidence=stats.CONFIDENCE, verbose=1,
+              distribution=None, memory_check=True, overwrite=False):
     """Trains every (precision, seed) pair and summarizes the comparison.
 
     Args:
-        data_config: a `trainer.DataConfig`.
-        model_config: a `trainer.ModelConfig`.
-        train_config: a `trainer.TrainConfig`.
+        data_config: a `recsys.config.DataConfig`.
+        model_config: a `recsys.config.ModelConfig`.
+        train_config: a `recsys.config.TrainConfig`.
         precisions: precisions to compare, including "fp32" (compute
             precisions, or full names such as "rne+bf16w_kahan").
         seeds: model initialization seeds (paired replicates).
+        output_dir: where runs and results are written (see module doc).
         weights_precisions: "fp32" and/or "bf16": each compute precision
             runs with each weight storage (see `precision.expand`).
         update_roundings: the update roundings of BF16-weights runs (None:
             "rne").
-        output_dir: where runs and results are written (see module doc).
-        data_seed: the data seed shared by all runs.
-        threshold: the practically significant log loss difference.
+        threshold: the practically significant log loss difference (> 0).
+        confidence: the level of every interval.
         verbose: 1 for a progress bar per run.
         distribution: a `recsys.distribute.Distribution` to train every run
             under (None: the default strategy); with several workers, each
             runs this function and the chief writes the outputs.
         memory_check: estimate the memory of the largest run first and
             raise `MemoryError` if it cannot fit (`recsys.memory`).
+        overwrite: retrain runs whose directory holds another identity
+            (else they are refused).
 
     Returns:
         The results dict written to `results.json`: "config", "data",
-        "runs" (one record per precision and seed), "summary" (per
-        precision) and "runtime_seconds".
+        "input" (per data split: rows read and malformed lines), "runs"
+        (one record per precision and seed), "summary" (the
+        `tfbf16.study.summary.summarize` dict), "history" (the paired
+        differences over training) and "runtime_seconds".
 
     Example:
 
-    >>> results = run_study(trainer.DataConfig(), trainer.ModelConfig(),
-    ...                     trainer.TrainConfig(), precisions=["fp32", "rne"],
-    ...                     seeds=[0, 1], output_dir="/tmp/study")
-    >>> sorted(results["summary"]["rne"]["log_loss_difference"])
-    ['confidence', 'half_width', 'high', 'low', 'mean', 'n', 'std']
+    >>> results = run_study(DataConfig(), ModelConfig(), TrainConfig(),
+    ...                     precisions=["fp32", "rne"], seeds=[0, 1],
+    ...                     output_dir="/tmp/study")
+    >>> results["summary"]["precisions"]["rne"]["log_loss"]["difference"]["mean"]
     """
     # The baseline first, so that every seed's BF16 runs have their pair.
     ordered = check_precisions(precisions, weights_precisions, update_roundings)
     seeds = check_seeds(seeds)
+    metrics = metrics_for(threshold)
+    stats.check_confidence(confidence)
     began = time.perf_counter()
-    tf.io.gfile.makedirs(output_dir)
-    bundle = trainer.with_cached_eval(data_config.make_bundle(
-        seed=data_seed, distribution=distribution))
+    if distribution is None:
+        distribution = distribute.make_distribution("default")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"--output_dir={output_dir} is a file; give a directory.")
+    os.makedirs(output_dir, exist_ok=True)
+    bundle = batches.with_cached_eval(batches.make_bundle(data_config, distribution))
     logging.info("Data: %s", bundle.description)
     if memory_check:
         # Kahan's buffer makes a BF16-weights run the largest.
@@ -217,32 +195,34 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
         memory.check_fits(model_config, bundle.vocab_sizes, largest, distribution)
     train_rows = train_config.train_steps * data_config.batch_size
     if train_rows <= MAX_CACHED_TRAIN_ROWS:
-        bundle = trainer.with_cached_train(bundle, train_config.train_steps)
+        bundle = batches.with_cached_train(bundle, train_config.train_steps)
     else:
-        logging.info("Training rows (%d) are not cached in memory (more than "
-                     "%d); every run makes them again.", train_rows,
-                     MAX_CACHED_TRAIN_ROWS)
+        logging.info("Training rows (%d) are not cached in memory (more than %d); "
+                     "every run makes them again.", train_rows, MAX_CACHED_TRAIN_ROWS)
+    logging.info("Input: %s", bundle.describe_input())
     trainers = {}  # one per kind of precision, reused across seeds
     runs = []
     for seed in seeds:
-        initial = model_config.build(bundle.vocab_sizes, seed=seed).get_weights()
+        initial = None
         for precision in ordered:
             logging.info("Training %s, seed %d", precision, seed)
             kind = precision_lib.Precision.parse(precision).trainer_kind
             if kind not in trainers:
-                trainers[kind] = trainer.Trainer(
-                    model_config, bundle.vocab_sizes, train_config, precision,
-                    distribution)
+                trainers[kind] = trainer.Trainer(model_config, bundle.vocab_sizes,
+                                                 train_config, precision, distribution)
+            if initial is None:
+                initial = trainers[kind].initial_weights(seed)
             result = trainers[kind].run(
-                bundle, precision=precision, seed=seed, data_seed=data_seed,
-                initial_weights=initial, verbose=verbose,
-                model_dir=os.path.join(output_dir, "runs",
-                                       f"{precision}_seed{seed}"))
-            runs.append(_run_record(result))
+                bundle, data_config, precision=precision, seed=seed,
+                initial_weights=initial, verbose=verbose, overwrite=overwrite,
+                model_dir=os.path.join(output_dir, "runs", f"{precision}_seed{seed}"))
+            runs.append(run_record(result))
+    summary = summary_lib.summarize(
+        runs, precisions=ordered, seeds=seeds, metrics=metrics, confidence=confidence,
+        pairing_within_seed=("initial_weights",), pairing_everywhere=("eval_rows",))
     results = {
         "config": {
             "data": dataclasses.asdict(data_config),
-            "data_seed": data_seed,
             "model": dataclasses.asdict(model_config),
             "train": dataclasses.asdict(train_config),
             "precisions": ordered,
@@ -250,170 +230,98 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
                 p: precision_lib.Precision.parse(p).describe() for p in ordered},
             "seeds": seeds,
             "threshold": threshold,
-            "confidence": CONFIDENCE,
+            "confidence": confidence,
         },
         "data": bundle.description,
+        "input": bundle.input_report(),
         "runs": runs,
-        "summary": summarize(runs, ordered, seeds, threshold),
+        "summary": summary,
+        "history": summary_lib.summarize_history(
+            runs, precisions=ordered, seeds=seeds, metric=metrics[0],
+            confidence=confidence),
         "runtime_seconds": time.perf_counter() - began,
     }
-    if distribution is None or distribution.is_chief:
+    if distribution.is_chief:
         write_results(results, output_dir)
     return results
 
 
-def _run_record(result):
+def run_record(result):
+    """The study's record of one `Trainer.run` result."""
     final = result["final"]
     record = {"precision": result["precision"], "seed": result["seed"],
               "steps": result["steps"]}
-    record.update({k: final[k] for k in METRICS + ("mean_prediction",
-                                                   "mean_label", "count")})
-    record.update({k: result[k] for k in ("train_seconds",
-                                          "examples_per_second",
-                                          "resumed_from", "loaded")})
+    record.update({k: final[k] for k in ("log_loss", "auc", "calibration",
+                                         "mean_prediction", "mean_label", "count")})
+    record.update({k: result[k] for k in ("train_seconds", "examples_per_second",
+                                          "resumed_from", "loaded", "input")})
+    record["pairing"] = {
+        "eval_rows": f"{final['count']} rows, sha256 {final['rows_sha256']}",
+        "initial_weights": result["initial_weights_sha256"],
+    }
     record["history"] = [{"step": h["step"], "log_loss": h["log_loss"]}
                          for h in result["history"]]
     return record
 
 
-def summarize(runs, precisions, seeds, threshold=THRESHOLD,
-              confidence=CONFIDENCE):
-    """Per-precision means and paired differences to FP32.
-
-    Args:
-        runs: records with "precision", "seed" and the `METRICS`.
-        precisions: the precisions, "fp32" included.
-        seeds: the seeds; every (precision, seed) must have a record.
-        threshold: the practically significant log loss difference.
-        confidence: the interval level.
-
-    Returns:
-        `{precision: {"seeds", "log_loss", "auc", "calibration"` (each an
-        `Interval` dict), and for the non-baseline precisions
-        `"log_loss_difference", "auc_difference"` (paired, `Interval` dicts),
-        `"practically_significant"` (|mean log loss difference| >=
-        threshold), `"resolved"` (interval half-width <= threshold / 2) and
-        `"verdict"` (a sentence)}`.
-    """
-    table = {(r["precision"], r["seed"]): r for r in runs}
-    missing = [(p, s) for p in precisions for s in seeds if (p, s) not in table]
-    if missing:
-        raise ValueError(f"Missing runs for (precision, seed): {missing}.")
-
-    def values(precision, metric):
-        return [table[(precision, s)][metric] for s in seeds]
-
-    summary = {}
-    for precision in precisions:
-        speeds = [table[(precision, s)].get("examples_per_second") for s in seeds]
-        speeds = [v for v in speeds if v]
-        entry = {"seeds": len(seeds),
-                 "examples_per_second": float(np.mean(speeds)) if speeds else None}
-        for metric in METRICS:
-            entry[metric] = stats.mean_interval(values(precision, metric),
-                                                confidence).as_dict()
-        if precision != precision_lib.BASELINE:
-            diff = stats.paired_difference(values(precision, "log_loss"),
-                                           values(precision_lib.BASELINE, "log_loss"),
-                                           confidence)
-            entry["log_loss_difference"] = diff.as_dict()
-            entry["auc_difference"] = stats.paired_difference(
-                values(precision, "auc"), values(precision_lib.BASELINE, "auc"),
-                confidence).as_dict()
-            entry["practically_significant"] = bool(abs(diff.mean) >= threshold)
-            entry["resolved"] = bool(diff.half_width <= threshold / 2)
-            entry["verdict"] = verdict(diff, threshold)
-        summary[precision] = entry
-    return summary
+def _speeds(results):
+    speeds = {}
+    for precision in results["config"]["precisions"]:
+        values = [r["examples_per_second"] for r in results["runs"]
+                  if r["precision"] == precision and r["examples_per_second"]]
+        speeds[precision] = f"{np.mean(values):,.0f}" if values else "-"
+    return speeds
 
 
-def verdict(diff, threshold=THRESHOLD):
-    """A one-line reading of a paired log loss difference interval."""
-    if diff.n < 2:
-        return "one seed: no interval"
-    if diff.low >= threshold:
-        return f"worse than FP32 by >= {threshold:g}"
-    if diff.high <= -threshold:
-        return f"better than FP32 by >= {threshold:g}"
-    if -threshold < diff.low and diff.high < threshold:
-        side = ("worse" if diff.low > 0 else "better" if diff.high < 0
-                else "no difference")
-        note = "" if side == "no difference" else f" (but {side} than FP32)"
-        return f"within {threshold:g} of FP32{note}"
-    return f"inconclusive at {threshold:g}"
-
-
-def _pm(interval, digits=5):
-    if interval["n"] < 2:
-        return f"{interval['mean']:.{digits}f}"
-    return f"{interval['mean']:.{digits}f} ± {interval['half_width']:.{digits}f}"
-
-
-def _signed(interval, digits=5):
-    text = f"{interval['mean']:+.{digits}f}"
-    if interval["n"] >= 2:
-        text += f" [{interval['low']:+.{digits}f}, {interval['high']:+.{digits}f}]"
-    return text
+def _describe_model(m):
+    rank = "full rank" if m["projection_dim"] is None else f"rank {m['projection_dim']}"
+    deep = ",".join(str(u) for u in m["deep_layers"]) or "none"
+    return (f"DCN-V2 {m['structure']}, {m['num_cross_layers']} cross layers ({rank}), "
+            f"deep {deep}, embedding {m['embedding_dim']}")
 
 
 def format_markdown(results):
-    """The study's summary as Markdown: settings, table and reading."""
+    """The study's summary as Markdown: settings, input, table and reading."""
     cfg = results["config"]
     summary = results["summary"]
     threshold = cfg["threshold"]
     level = f"{cfg['confidence']:.0%}"
+    counts = sorted({r["count"] for r in results["runs"]})
     lines = [
         "# BF16 sensitivity study: DCN-V2 eval log loss",
         "",
         f"Data: {results['data']}",
         "",
-        f"Model: {_describe_model(cfg['model'])}; Adam lr "
-        f"{cfg['train']['learning_rate']:g}, batch {cfg['data']['batch_size']}, "
-        f"{cfg['train']['train_steps']} steps; eval on "
-        f"{results['runs'][0]['count']:,} rows; seeds "
-        f"{', '.join(str(s) for s in cfg['seeds'])} (paired: same initial "
-        "weights and data order for every precision).",
+        f"Input: {accounting.describe_report(results['input'])}.",
         "",
-        f"| precision | eval log loss (mean ± {level} CI) | Δ log loss vs FP32 "
-        f"[{level} CI] | abs(Δ) ≥ {threshold:g} | reading | AUC | Δ AUC vs FP32 "
-        "| calibration | train ex/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"Model: {_describe_model(cfg['model'])}; Adam lr "
+        f"{cfg['train']['learning_rate']:g} ({cfg['train']['lr_schedule']}), batch "
+        f"{cfg['data']['batch_size']}, {cfg['train']['train_steps']} steps; eval on "
+        f"{', '.join(f'{c:,}' for c in counts)} rows (requested "
+        f"{cfg['data']['eval_rows']:,}); seeds {', '.join(str(s) for s in cfg['seeds'])} "
+        "(paired: same initial weights, data order and eval rows for every precision).",
+        "",
+        summary_lib.format_table(summary, extra_columns={"train ex/s": _speeds(results)}),
     ]
-    for precision in cfg["precisions"]:
-        s = summary[precision]
-        if precision == precision_lib.BASELINE:
-            diff = significant = reading = auc_diff = "(baseline)"
-        else:
-            diff = _signed(s["log_loss_difference"])
-            significant = "yes" if s["practically_significant"] else "no"
-            reading = s["verdict"]
-            auc_diff = _signed(s["auc_difference"])
-        lines.append(
-            f"| {precision} | {_pm(s['log_loss'])} | {diff} | {significant} | "
-            f"{reading} | {_pm(s['auc'])} | {auc_diff} | "
-            f"{_pm(s['calibration'], 4)} | {_speed(s['examples_per_second'])} |")
     descriptions = cfg.get("precision_descriptions", {})
-    legend = "; ".join(f"{p}: {descriptions[p]}" for p in cfg["precisions"]
-                       if p in descriptions)
-    unresolved = [p for p in cfg["precisions"] if p != precision_lib.BASELINE
-                  and not summary[p]["resolved"]]
+    legend = "; ".join(f"{p}: {descriptions[p]}" for p in cfg["precisions"] if p in descriptions)
+    unresolved = [p for p, _ in summary_lib.unresolved(summary)]
     loaded = sum(bool(r.get("loaded")) for r in results["runs"])
     runtime = f"Runtime: {results['runtime_seconds']:.0f} s"
     if loaded:
-        runtime += (f" ({loaded} of {len(results['runs'])} runs were loaded "
-                    "from an earlier invocation, not trained)")
+        runtime += (f" ({loaded} of {len(results['runs'])} runs were loaded from an "
+                    "earlier invocation with the same settings and input, not trained)")
     lines += [
         "",
         f"Precisions: {legend}.",
         "",
-        f"Δ = mean over seeds of (precision − FP32) for the same seed; "
-        f"intervals are two-sided {level} Student t intervals over "
-        f"{len(cfg['seeds'])} seeds. Practically significant: "
-        f"abs(mean Δ) ≥ {threshold:g} (DCN papers, Criteo).",
+        f"Δ = mean over seeds of (precision − FP32) for the same seed; intervals are "
+        f"two-sided {level} Student t intervals over {len(cfg['seeds'])} seeds. "
+        f"Practically significant: abs(mean Δ) ≥ {threshold:g} (DCN papers, Criteo).",
         "",
-        ("Resolution: every Δ interval has half-width ≤ "
+        ("Resolution: every Δ log loss interval has half-width ≤ "
          f"{threshold / 2:g}." if not unresolved else
-         f"Resolution: the Δ interval of {', '.join(unresolved)} is wider "
+         f"Resolution: the Δ log loss interval of {', '.join(unresolved)} is wider "
          f"than ± {threshold / 2:g}; add seeds to resolve {threshold:g}."),
         "",
         runtime + ".",
@@ -421,118 +329,33 @@ def format_markdown(results):
     return "\n".join(lines) + "\n"
 
 
-def _speed(examples_per_second):
-    return "-" if examples_per_second is None else f"{examples_per_second:,.0f}"
-
-
-def _describe_model(m):
-    rank = ("full rank" if m["projection_dim"] is None
-            else f"rank {m['projection_dim']}")
-    deep = ",".join(str(u) for u in m["deep_layers"]) or "none"
-    return (f"DCN-V2 {m['structure']}, {m['num_cross_layers']} cross layers "
-            f"({rank}), deep {deep}, embedding {m['embedding_dim']}")
-
-
-def plot(results, path):
-    """Saves the learning curves and paired differences as a PNG.
-
-    Left: eval log loss (periodic evaluations) over training steps, mean over
-    seeds per precision. Middle: the paired difference to FP32 over training.
-    Right: the final paired differences with their intervals and the
-    practically significant band.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    cfg = results["config"]
-    precisions, seeds = cfg["precisions"], cfg["seeds"]
-    threshold = cfg["threshold"]
-    runs = {(r["precision"], r["seed"]): r for r in results["runs"]}
-
-    def curve(precision):
-        steps = [h["step"] for h in runs[(precision, seeds[0])]["history"]]
-        losses = np.array([[h["log_loss"] for h in runs[(precision, s)]["history"]]
-                           for s in seeds])
-        return np.array(steps), losses
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    colors = {p: f"C{i}" for i, p in enumerate(precisions)}
-    base_steps, base = curve(precision_lib.BASELINE)
-    for precision in precisions:
-        steps, losses = curve(precision)
-        if not len(steps):
-            continue
-        axes[0].plot(steps, losses.mean(0), color=colors[precision],
-                     label=precision)
-        if precision != precision_lib.BASELINE and losses.shape == base.shape:
-            axes[1].plot(steps, (losses - base).mean(0),
-                         color=colors[precision], label=precision)
-    axes[0].set(xlabel="training step", ylabel="eval log loss (subset)",
-                title="Eval log loss over training (mean over seeds)")
-    if len(base_steps) > 2:
-        tail = base[:, len(base_steps) // 4:]
-        axes[0].set_ylim(tail.min() - 0.005, tail.max() + 0.01)
-    axes[0].legend()
-    axes[1].axhline(0.0, color="k", lw=0.8)
-    for sign in (1, -1):
-        axes[1].axhline(sign * threshold, color="gray", ls="--", lw=0.8)
-    axes[1].set(xlabel="training step", ylabel="Δ eval log loss vs FP32 (subset)",
-                title="Paired difference over training (mean over seeds)")
-    others = [p for p in precisions if p != precision_lib.BASELINE]
-    if others:
-        axes[1].legend()
-
-    for i, precision in enumerate(others):
-        d = results["summary"][precision]["log_loss_difference"]
-        err = None if d["n"] < 2 else [[d["mean"] - d["low"]], [d["high"] - d["mean"]]]
-        axes[2].errorbar([i], [d["mean"]], yerr=err, fmt="o", capsize=6,
-                         color=colors[precision])
-        for s in seeds:
-            axes[2].plot([i + 0.15], [runs[(precision, s)]["log_loss"]
-                                      - runs[(precision_lib.BASELINE, s)]["log_loss"]],
-                         ".", color=colors[precision], alpha=0.5)
-    axes[2].axhline(0.0, color="k", lw=0.8)
-    axes[2].axhspan(-threshold, threshold, color="gray", alpha=0.15,
-                    label=f"|Δ| < {threshold:g}")
-    crowded = sum(len(p) for p in others) > 30
-    axes[2].set_xticks(range(len(others)), others, rotation=20 if crowded else 0,
-                       ha="right" if crowded else "center")
-    axes[2].set_xlim(-0.5, max(len(others), 1) - 0.5)
-    axes[2].set(ylabel="final Δ eval log loss vs FP32 (whole eval set)",
-                title=f"Paired differences, {cfg['confidence']:.0%} t intervals "
-                      f"({len(seeds)} seeds)")
-    axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_results(results, output_dir):
-    """Writes results.json, results.md and study.png to `output_dir`."""
-    with tf.io.gfile.GFile(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with tf.io.gfile.GFile(os.path.join(output_dir, "results.md"), "w") as f:
+    """Writes results.json, results.md and study.png to `output_dir`, atomically."""
+    files.write_json(os.path.join(output_dir, "results.json"), results)
+    with files.atomic_write(os.path.join(output_dir, "results.md")) as f:
         f.write(format_markdown(results))
-    plot(results, os.path.join(output_dir, "study.png"))
+    metric = summary_lib.Metric.from_config(results["summary"]["metrics"][0])
+    plots.save_study_plot(os.path.join(output_dir, "study.png"), results["summary"],
+                          results["runs"], metric, history=results["history"],
+                          title="DCN-V2 BF16 sensitivity study")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    distribution = flags_lib.make_distribution()
-    try:
-        results = run_study(
-            flags_lib.data_config(), flags_lib.model_config(),
-            flags_lib.train_config(), precisions=FLAGS.precisions,
-            weights_precisions=FLAGS.weights_precision,
-            update_roundings=FLAGS.update_rounding,
-            seeds=FLAGS.seeds, output_dir=FLAGS.output_dir,
-            data_seed=FLAGS.data_seed, threshold=FLAGS.threshold,
-            verbose=int(FLAGS.progress and distribution.is_chief),
-            distribution=distribution, memory_check=FLAGS.memory_check)
-    except MemoryError as e:
-        raise SystemExit(f"recsys.study: {e}") from None
+    data_config, model_config, train_config, distribution_config = (
+        flags_lib.configs_from_flags())
+    precisions = check_precisions(FLAGS.precisions, FLAGS.weights_precision,
+                                  FLAGS.update_rounding)
+    seeds = check_seeds(FLAGS.seeds)
+    distribution = distribute.start(distribution_config)
+    results = run_study(
+        data_config, model_config, train_config, precisions=precisions, seeds=seeds,
+        output_dir=FLAGS.output_dir, threshold=FLAGS.threshold,
+        confidence=FLAGS.confidence,
+        verbose=int(FLAGS.progress and distribution.is_chief),
+        distribution=distribution, memory_check=FLAGS.memory_check,
+        overwrite=FLAGS.overwrite)
     if not distribution.is_chief:
         return
     print(format_markdown(results))
@@ -540,4 +363,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, resumable=True)

@@ -3,11 +3,16 @@ r"""Trains and evaluates the DCN-V2 click model at one precision.
 FP32 trains the plain model; `rne`, `trunc`, `stochastic` and `native` train
 the same model (same initial weights for the same `--seed`) wrapped by
 `tfbf16.wrap(model, rounding=precision)`. `--weights_precision=bf16` stores
-the weights in BF16 after every update, rounded with `--update_rounding`. Writes checkpoints, TensorBoard
-event files, the learning curve and the final eval metrics (log loss over the
-whole eval set, AUC, calibration) to `--model_dir`; a killed run restarted
-with the same flags resumes from its last checkpoint and ends with the same
-result as an uninterrupted run.
+the weights in BF16 after every update, rounded with `--update_rounding`.
+
+Writes checkpoints, TensorBoard event files, the learning curve and the
+result (eval log loss over every eval row, AUC, calibration, and the input
+report: rows read and malformed lines per split) to `--model_dir`. A killed
+run started again with the same flags resumes from its last checkpoint and
+ends with the same result as an uninterrupted run; a finished run with the
+same settings and input is reported, not trained again. A `--model_dir`
+holding a run of other settings or other input data is refused, naming what
+differs (`--overwrite` deletes it and trains again).
 
 Usage:
 
@@ -19,6 +24,8 @@ Usage:
         --weights_precision=bf16 --update_rounding=kahan --monitor_every=50
     tensorboard --logdir=/tmp/dcn_rne
 
+Malformed input lines are skipped and reported; `--strict` stops at the
+first one, and more than `--max_malformed_fraction` of a split stops the run.
 Run `python -m recsys.train --helpfull` for every flag.
 """
 
@@ -28,10 +35,15 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfbf16.utils import cli
+
+from recsys import batches
+from recsys import distribute
 from recsys import flags_lib
 from recsys import memory
-from recsys import precision as precision_lib
+from tfbf16.study import precision as precision_lib
 from recsys import trainer
+from recsys.data import accounting
 
 FLAGS = flags.FLAGS
 
@@ -62,31 +74,28 @@ flags.mark_flag_as_required("model_dir")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    distribution = flags_lib.make_distribution()
-    bundle = flags_lib.data_config().make_bundle(seed=FLAGS.data_seed,
-                                                 distribution=distribution)
-    logging.info("Data: %s", bundle.description)
+    data_config, model_config, train_config, distribution_config = (
+        flags_lib.configs_from_flags())
     precision = precision_lib.Precision(flags_lib.default_precision(),
                                         FLAGS.weights_precision, FLAGS.update_rounding)
+    distribution = distribute.start(distribution_config)
+    bundle = batches.make_bundle(data_config, distribution)
+    logging.info("Data: %s", bundle.description)
     logging.info("Precision %s: %s", precision.name, precision.describe())
     if FLAGS.memory_check:
-        try:
-            memory.check_fits(flags_lib.model_config(), bundle.vocab_sizes, precision,
-                              distribution)
-        except MemoryError as e:
-            raise SystemExit(f"recsys.train: {e}") from None
+        memory.check_fits(model_config, bundle.vocab_sizes, precision, distribution)
     result = trainer.run(
-        bundle, flags_lib.model_config(), flags_lib.train_config(),
-        precision=precision, seed=FLAGS.seed, model_dir=FLAGS.model_dir,
-        data_seed=FLAGS.data_seed, distribution=distribution,
-        verbose=int(distribution.is_chief))
+        bundle, data_config, model_config, train_config, precision=precision,
+        seed=FLAGS.seed, model_dir=FLAGS.model_dir, distribution=distribution,
+        verbose=int(distribution.is_chief), overwrite=FLAGS.overwrite)
     if not distribution.is_chief:
         return
     final = result["final"]
     print(f"{precision.name} seed {FLAGS.seed}, {result['steps']} steps: "
           f"eval log loss {final['log_loss']:.6f}, AUC {final['auc']:.5f}, "
           f"calibration {final['calibration']:.4f} ({final['count']} eval rows)")
+    print(f"Input: {accounting.describe_report(result['input'])}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, resumable=True)

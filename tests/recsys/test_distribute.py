@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from recsys import batches
+from recsys import config
 from recsys import distribute
 from recsys import trainer
 from recsys.data import Shard
@@ -62,20 +64,20 @@ import json, sys
 import tensorflow as tf
 cpu, = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from recsys import distribute, trainer
-model = trainer.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
-data = trainer.DataConfig(batch_size=64, eval_rows=256, vocab_scale=0.01)
-config = trainer.TrainConfig(train_steps=3, eval_every=0, checkpoint_every=3)
+from recsys import batches, config, distribute, trainer
+model = config.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
+data = config.DataConfig(batch_size=64, eval_rows=256, vocab_scale=0.01)
+train = config.TrainConfig(train_steps=3, eval_every=0, checkpoint_every=3)
 out = {}
 for name in ("default", "mirrored"):
     d = distribute.make_distribution(name)
     out[name + "_replicas"] = d.num_replicas
-    bundle = data.make_bundle(seed=0, distribution=d)
-    out[name] = trainer.run(bundle, model, config, precision="fp32", seed=0,
+    bundle = batches.make_bundle(data, d)
+    out[name] = trainer.run(bundle, data, model, train, precision="fp32", seed=0,
                             model_dir=sys.argv[1] + "/" + name, verbose=0,
                             distribution=d)["final"]["log_loss"]
-for precision, train_config in (("rne+bf16w_kahan", config),
-                                ("rne", trainer.TrainConfig(monitor_every=5))):
+for precision, train_config in (("rne+bf16w_kahan", train),
+                                ("rne", config.TrainConfig(monitor_every=5))):
     try:
         trainer.Trainer(model, [10] * 26, train_config, precision, d)
     except ValueError as e:
@@ -84,6 +86,7 @@ print("RESULT", json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_trains_like_the_default_and_refuses_the_rest(tmp_path):
     # In its own process: MirroredStrategy's collective keys are per process,
     # and another strategy's in the test process would collide with them.
@@ -100,9 +103,10 @@ def test_mirrored_strategy_trains_like_the_default_and_refuses_the_rest(tmp_path
 
 
 def test_a_bundle_of_another_shard_is_refused(tmp_path):
-    model_config = trainer.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
-    data = trainer.DataConfig(batch_size=64, eval_rows=256, vocab_scale=0.01)
-    wrong = dataclasses.replace(data.make_bundle(seed=0), shard=Shard(2, 1, 32))
-    with pytest.raises(ValueError, match="make it with DataConfig.make_bundle"):
-        trainer.run(wrong, model_config, trainer.TrainConfig(train_steps=1), precision="fp32",
-                    seed=0, model_dir=str(tmp_path / "bad"), verbose=0)
+    model_config = config.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
+    data = config.DataConfig(batch_size=64, eval_rows=256, vocab_scale=0.01)
+    wrong = dataclasses.replace(batches.make_bundle(data), shard=Shard(2, 1, 32))
+    with pytest.raises(ValueError, match=r"make it with batches.make_bundle\(data_config, "
+                       "distribution\)"):
+        trainer.run(wrong, data, model_config, config.TrainConfig(train_steps=1),
+                    precision="fp32", seed=0, model_dir=str(tmp_path / "bad"), verbose=0)

@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from recsys.local_cluster import REPO
 
 
+@pytest.mark.slow
 def test_launch_runs_the_command_on_every_task_and_returns_the_chiefs_code(tmp_path):
     # A tiny program instead of a training run: each task prints its TF_CONFIG
     # task; worker 1 then signals that it has and waits forever (the launcher
@@ -35,6 +38,7 @@ def test_launch_runs_the_command_on_every_task_and_returns_the_chiefs_code(tmp_p
     assert "TASK worker 1 ['--flag=1']" in other
 
 
+@pytest.mark.slow
 def test_launch_without_a_command_says_how():
     done = subprocess.run([sys.executable, "-m", "recsys.launch", "--workers=2"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)

@@ -1,4 +1,4 @@
-"""The DCN-V2 model, the click metrics and the paired statistics."""
+"""The DCN-V2 model, its training step and the click metrics."""
 
 import math
 
@@ -8,8 +8,7 @@ import tensorflow as tf
 
 from recsys import metrics
 from recsys import model as model_lib
-from recsys import stats
-from recsys import trainer
+from recsys import train_step as train_step_lib
 
 VOCAB = [50] * 26
 
@@ -61,7 +60,7 @@ def test_same_seed_same_weights_and_trains():
                    for x, y in zip(a.get_weights(), c.get_weights()))
 
     features, labels = _batch(64)
-    step = trainer.make_train_step(a, tf.keras.optimizers.Adam(0.01))
+    step = train_step_lib.make_train_step(a, tf.keras.optimizers.Adam(0.01))
     losses = [float(step(features, labels)) for _ in range(8)]
     assert losses[-1] < 0.8 * losses[0]
 
@@ -112,30 +111,42 @@ def test_evaluate_is_the_mean_over_all_batches_not_the_last():
     assert metrics.evaluate(model, dataset, steps=1)["count"] == 16
 
 
-def test_t_quantile_against_scipy_or_tables():
-    # Two-sided 95% critical values from any t table.
-    for df, expected in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622),
-                         (30, 2.0423)]:
-        assert stats.t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
-    scipy_stats = pytest.importorskip("scipy.stats")
-    for df in (1, 3, 7.5, 50, 1000):
-        for p in (0.005, 0.3, 0.9, 0.975, 0.9995):
-            assert stats.t_quantile(p, df) == pytest.approx(
-                scipy_stats.t.ppf(p, df), rel=1e-9)
+# ROC AUC of the hand-written rank-sum implementation this package used before
+# it used scikit-learn, on the inputs of `_auc_case`.
+OLD_AUC = {(50, False): 0.8253676470588235, (1000, True): 0.7403135557432432,
+           (20000, False): 0.7642862191981339}
 
 
-def test_paired_interval_by_hand():
-    a = [0.4412, 0.4415, 0.4409, 0.4420]
-    b = [0.4401, 0.4405, 0.4402, 0.4406]
-    d = np.subtract(a, b)  # 0.0011, 0.0010, 0.0007, 0.0014
-    interval = stats.paired_difference(a, b)
-    half = 3.182446305 * d.std(ddof=1) / 2.0  # t(0.975, 3) = 3.1824
-    assert interval.mean == pytest.approx(0.00105)
-    assert interval.half_width == pytest.approx(half, rel=1e-8)
-    assert (interval.low, interval.high) == pytest.approx(
-        (0.00105 - half, 0.00105 + half))
-    # Pairing matters: the unpaired interval of `a` is much wider.
-    assert stats.mean_interval(a).half_width > 1.5 * interval.half_width
-    assert math.isnan(stats.mean_interval([1.0]).half_width)
-    with pytest.raises(ValueError, match="same length"):
-        stats.paired_difference([1.0, 2.0], [1.0])
+def _auc_case(n, ties):
+    rng = np.random.default_rng(20261202)
+    for size, rounded in OLD_AUC:  # the same draws, in the same order
+        y = rng.random(size) < 0.3
+        s = rng.normal(size=size) + y
+        if rounded:
+            s = np.round(s, 1)
+        if (size, rounded) == (n, ties):
+            return y, s
+    raise KeyError((n, ties))
+
+
+@pytest.mark.parametrize("n, ties", sorted(OLD_AUC))
+def test_auc_is_sklearns_and_equals_the_old_values(n, ties):
+    y, s = _auc_case(n, ties)
+    assert metrics.roc_auc(y, s) == pytest.approx(OLD_AUC[(n, ties)], abs=1e-12)
+    if n <= 1000:  # the definition: P(positive > negative), ties counting 1/2
+        pos, neg = s[y], s[~y]
+        wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+        assert metrics.roc_auc(y, s) == pytest.approx(wins / (pos.size * neg.size), abs=1e-12)
+    assert math.isnan(metrics.roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_evaluate_fingerprints_the_rows_it_scored():
+    model = model_lib.build_dcn(VOCAB, embedding_dim=4, deep_layers=[8], seed=0)
+    batches = [_batch(16, seed=s) for s in range(3)]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        tf.nest.map_structure(lambda *t: tf.stack(t), *batches))
+    first = metrics.evaluate(model, dataset)
+    assert metrics.evaluate(model, dataset)["rows_sha256"] == first["rows_sha256"]
+    assert metrics.evaluate(model, dataset, steps=2)["rows_sha256"] != first["rows_sha256"]
+    other = dataset.map(lambda f, l: (f, 1.0 - l))
+    assert metrics.evaluate(model, other)["rows_sha256"] != first["rows_sha256"]

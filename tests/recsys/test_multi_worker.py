@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from recsys import batches
+from recsys import config
+from recsys import run_dir
 from recsys import study
 from recsys import trainer
 from recsys.local_cluster import REPO, LocalCluster
@@ -26,12 +29,12 @@ SAMPLE = os.path.join(os.path.dirname(REPO), "shared", "data",
 # What recsys.trainer logs at the end of every run, on every worker.
 FINGERPRINT = re.compile(r"final weights sha256 ([0-9a-f]{64})")
 
-MODEL = trainer.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
+MODEL = config.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
 MODEL_FLAGS = ["--embedding_dim=4", "--num_cross_layers=1", "--deep_layers=8"]
 DATA = {
-    "synthetic": (trainer.DataConfig(batch_size=64, eval_rows=512, vocab_scale=0.01),
+    "synthetic": (config.DataConfig(batch_size=64, eval_rows=512, vocab_scale=0.01),
                   ["--batch_size=64", "--eval_rows=512", "--vocab_scale=0.01"]),
-    "criteo": (trainer.DataConfig(source="criteo", data_path=SAMPLE, batch_size=32,
+    "criteo": (config.DataConfig(source="criteo", data_path=SAMPLE, batch_size=32,
                                   eval_rows=40, num_buckets=1000),
                ["--data=criteo", f"--data_path={SAMPLE}", "--batch_size=32",
                 "--eval_rows=40", "--num_buckets=1000"]),
@@ -56,15 +59,15 @@ def _workers(tmp_path, args, name="job", program="recsys.train"):
 
 
 def _checkpoint_weights(model_dir, vocab_sizes, precision):
-    return trainer.load_checkpointed_model(model_dir, MODEL, vocab_sizes,
+    return run_dir.load_checkpointed_model(model_dir, MODEL, vocab_sizes,
                                            precision).get_weights()
 
 
 def _single_process(tmp_path, source, precision, train_config):
     """A single-process run with the same global batch."""
     data_config, _ = DATA[source]
-    bundle = data_config.make_bundle(seed=0)
-    result = trainer.run(bundle, MODEL, train_config, precision=precision, seed=0,
+    bundle = batches.make_bundle(data_config)
+    result = trainer.run(bundle, data_config, MODEL, train_config, precision=precision, seed=0,
                          model_dir=str(tmp_path / "single"), verbose=0)
     return bundle, result
 
@@ -83,11 +86,12 @@ def _assert_close_weights(actual, expected, tolerance, what=""):
     ("synthetic", ["fp32", "rne"]),
     ("criteo", ["fp32"]),
 ])
+@pytest.mark.slow
 def test_two_workers_match_one_process(tmp_path, source, precisions):
     # One multi-worker study trains each precision in turn.
     steps = 4
-    config = trainer.TrainConfig(train_steps=steps, eval_every=2, eval_steps=1,
-                                 checkpoint_every=2, log_every=2)
+    train_config = config.TrainConfig(train_steps=steps, eval_every=2, eval_steps=1,
+                                      checkpoint_every=2, log_every=2)
     output_dir = tmp_path / "multi"
     workers = _workers(tmp_path, [f"--output_dir={output_dir}",
                                  f"--precisions={','.join(precisions)}",
@@ -105,22 +109,22 @@ def test_two_workers_match_one_process(tmp_path, source, precisions):
     assert len(chief) == len(precisions) and chief == other
 
     data_config, _ = DATA[source]
-    single = study.run_study(data_config, MODEL, config, precisions=precisions,
+    single = study.run_study(data_config, MODEL, train_config, precisions=precisions,
                              seeds=[0], output_dir=str(tmp_path / "single"), verbose=0)
-    vocab_sizes = data_config.make_bundle(seed=0).vocab_sizes
+    vocab_sizes = batches.make_bundle(data_config).vocab_sizes
     for precision, fingerprint in zip(precisions, chief):
-        run_dir = os.path.join("runs", f"{precision}_seed0")
-        with open(output_dir / run_dir / "result.json") as f:
+        run_path = os.path.join("runs", f"{precision}_seed0")
+        with open(output_dir / run_path / "result.json") as f:
             result = json.load(f)
         assert result["weights_sha256"] == fingerprint
         assert result["steps"] == steps and result["precision"] == precision
         # The chief's checkpoints are kept; the other worker's copies removed.
-        assert sorted(os.listdir(output_dir / run_dir / "checkpoints")) == sorted(
+        assert sorted(os.listdir(output_dir / run_path / "checkpoints")) == sorted(
             ["checkpoint"] + [f"ckpt-{s}.{ext}" for s in (2, 4)
                               for ext in ("index", "data-00000-of-00001")])
         _assert_close_weights(
-            _checkpoint_weights(str(output_dir / run_dir), vocab_sizes, precision),
-            _checkpoint_weights(str(tmp_path / "single" / run_dir), vocab_sizes, precision),
+            _checkpoint_weights(str(output_dir / run_path), vocab_sizes, precision),
+            _checkpoint_weights(str(tmp_path / "single" / run_path), vocab_sizes, precision),
             TOLERANCE[precision], f"{source} {precision}")
         multi_run, = [r for r in results["runs"] if r["precision"] == precision]
         single_run, = [r for r in single["runs"] if r["precision"] == precision]
@@ -128,6 +132,7 @@ def test_two_workers_match_one_process(tmp_path, source, precisions):
         assert multi_run["log_loss"] == pytest.approx(single_run["log_loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_job_restarts_from_the_chiefs_last_checkpoint(tmp_path):
     steps, every = 100, 10
     model_dir = tmp_path / "multi"
@@ -157,9 +162,9 @@ def test_killed_job_restarts_from_the_chiefs_last_checkpoint(tmp_path):
     chief, other = (FINGERPRINT.findall(second.output(w)) for w in WORKERS)
     assert chief == other == [result["weights_sha256"]]
 
-    config = trainer.TrainConfig(train_steps=steps, eval_every=0, checkpoint_every=steps,
-                                 lr_schedule="constant")
-    bundle, single = _single_process(tmp_path, "synthetic", "fp32", config)
+    train_config = config.TrainConfig(train_steps=steps, eval_every=0,
+                                      checkpoint_every=steps, lr_schedule="constant")
+    bundle, single = _single_process(tmp_path, "synthetic", "fp32", train_config)
     _assert_close_weights(_checkpoint_weights(str(model_dir), bundle.vocab_sizes, "fp32"),
                           _checkpoint_weights(str(tmp_path / "single"), bundle.vocab_sizes,
                                               "fp32"),

@@ -11,15 +11,18 @@ import re
 
 import pytest
 
+from recsys import batches
+from recsys import config
 from recsys import metrics
-from recsys import trainer
+from recsys import run_dir
 from recsys.local_cluster import LocalCluster
 
-MODEL = trainer.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
-DATA = trainer.DataConfig(batch_size=64, eval_rows=512, vocab_scale=0.01)
+MODEL = config.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
+DATA = config.DataConfig(batch_size=64, eval_rows=512, vocab_scale=0.01)
 CHIEF = ("chief", 0)
 
 
+@pytest.mark.slow
 def test_chief_trains_with_tables_sharded_over_two_parameter_servers(tmp_path):
     model_dir = tmp_path / "run"
     args = ["--strategy=parameter_server", "--ps_min_shard_bytes=4096",
@@ -47,9 +50,9 @@ def test_chief_trains_with_tables_sharded_over_two_parameter_servers(tmp_path):
 
     # The chief's checkpoint of the sharded tables restores into a plain,
     # unsharded model, which then scores the eval set exactly as the chief did.
-    bundle = DATA.make_bundle(seed=0)
-    model = trainer.load_checkpointed_model(str(model_dir), MODEL, bundle.vocab_sizes, "fp32")
-    assert trainer.weights_fingerprint(model) == result["weights_sha256"]
+    bundle = batches.make_bundle(DATA)
+    model = run_dir.load_checkpointed_model(str(model_dir), MODEL, bundle.vocab_sizes, "fp32")
+    assert run_dir.weights_fingerprint(model) == result["weights_sha256"]
     again = metrics.evaluate(model, bundle.eval)
     assert again["count"] == result["final"]["count"]
     assert again["log_loss"] == pytest.approx(result["final"]["log_loss"], abs=1e-6)

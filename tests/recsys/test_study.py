@@ -1,24 +1,26 @@
 """The paired FP32-vs-BF16 study: outputs, pairing and summary statistics."""
 
+import dataclasses
 import json
 import os
 
-from absl import flags
 import numpy as np
 import pytest
 
 import tfbf16
 
-from recsys import stats
+from tfbf16.study.runs import RunMismatchError
+
+from recsys import batches
+from recsys import config
+from recsys import model as model_lib
 from recsys import study
 from recsys import trainer
 
-TINY_DATA = trainer.DataConfig(batch_size=64, eval_rows=512, vocab_scale=0.01)
-TINY_MODEL = trainer.ModelConfig(embedding_dim=4, num_cross_layers=1,
-                                 deep_layers=(8,))
-TINY_TRAIN = trainer.TrainConfig(train_steps=6, eval_every=3, eval_steps=2,
-                                 checkpoint_every=6, log_every=3,
-                                 jit_compile=False)
+TINY_DATA = config.DataConfig(batch_size=64, eval_rows=512, vocab_scale=0.01)
+TINY_MODEL = config.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
+TINY_TRAIN = config.TrainConfig(train_steps=6, eval_every=3, eval_steps=2,
+                                checkpoint_every=6, log_every=3, jit_compile=False)
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +43,19 @@ def test_study_writes_json_markdown_and_png(tiny_study):
         assert record["count"] == 512 and record["steps"] == 6
         assert 0 < record["log_loss"] < 2 and 0 <= record["auc"] <= 1
         assert [h["step"] for h in record["history"]] == [0, 3, 6]
-    summary = written["summary"]
+    summary = written["summary"]["precisions"]
     assert set(summary) == {"fp32", "rne", "trunc"}
-    assert summary["fp32"]["log_loss"]["n"] == 2
-    assert "log_loss_difference" not in summary["fp32"]
+    assert summary["fp32"]["log_loss"]["mean"]["n"] == 2
+    assert "difference" not in summary["fp32"]["log_loss"]
     for precision in ("rne", "trunc"):
-        diff = summary[precision]["log_loss_difference"]
+        cell = summary[precision]["log_loss"]
+        diff = cell["difference"]
         assert diff["low"] <= diff["mean"] <= diff["high"]
-        assert isinstance(summary[precision]["practically_significant"], bool)
+        assert isinstance(cell["significant"], bool)
+        assert [p["step"] for p in written["history"][precision]] == [0, 3, 6]
+    # The input report, per data split, in results.json and results.md.
+    assert set(written["input"]) == {"train", "eval"}
+    assert written["input"]["eval"]["malformed"] == 0
 
     with open(os.path.join(output_dir, "results.md")) as f:
         markdown = f.read()
@@ -57,6 +64,7 @@ def test_study_writes_json_markdown_and_png(tiny_study):
     assert len(table) == 2 + 3  # header, rule, one row per precision
     assert table[2].startswith("| fp32 | ") and "(baseline)" in table[2]
     assert table[3].startswith("| rne | ")
+    assert "Input: train: " in markdown and "eval on 512 rows (requested 512)" in markdown
     with open(os.path.join(output_dir, "study.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -71,16 +79,17 @@ def test_runs_are_paired_and_reproducible(tiny_study, tmp_path):
     # Each run again, alone, on a new Trainer: the identical result. (The
     # study reused one Trainer per kind across seeds, and switched the
     # emulated one from rne to trunc with tfbf16.set_rounding.)
-    bundle = trainer.with_cached_eval(TINY_DATA.make_bundle(seed=0))
+    bundle = batches.with_cached_eval(batches.make_bundle(TINY_DATA))
     for precision in ("fp32", "trunc"):
         fresh = trainer.Trainer(TINY_MODEL, bundle.vocab_sizes, TINY_TRAIN,
                                 precision)
-        again = fresh.run(bundle, precision=precision, seed=1, verbose=0,
+        again = fresh.run(bundle, TINY_DATA, precision=precision, seed=1, verbose=0,
                           model_dir=str(tmp_path / precision))
         assert again["final"]["log_loss"] == loss[(precision, 1)]
     # Every precision starts from the FP32 model's initial weights: the
     # wrapped model reads the FP32 variables that `reset` sets.
-    initial = TINY_MODEL.build(bundle.vocab_sizes, seed=1).get_weights()
+    initial = model_lib.build_from_config(TINY_MODEL, bundle.vocab_sizes,
+                                          seed=1).get_weights()
     fresh.reset(initial, "rne")
     for x, y in zip(initial, tfbf16.unwrap(fresh.model).get_weights()):
         np.testing.assert_array_equal(x, y)
@@ -92,63 +101,38 @@ def test_study_resumes_finished_runs(tiny_study):
                             precisions=["fp32", "rne", "trunc"], seeds=[0, 1],
                             output_dir=output_dir, verbose=0)
     assert again["summary"] == results["summary"]
-    with pytest.raises(ValueError, match="other settings"):
+    assert all(r["loaded"] for r in again["runs"])
+    with pytest.raises(RunMismatchError, match="train.learning_rate: 0.004 -> 0.01"):
         study.run_study(TINY_DATA, TINY_MODEL,
-                        trainer.TrainConfig(train_steps=6, learning_rate=0.01,
-                                            jit_compile=False),
-                        precisions=["fp32"], seeds=[0], output_dir=output_dir,
-                        verbose=0)
+                        config.TrainConfig(train_steps=6, eval_every=3, eval_steps=2,
+                                           learning_rate=0.01),
+                        precisions=["fp32"], seeds=[0], output_dir=output_dir, verbose=0)
 
 
-def _records(table):
-    return [{"precision": p, "seed": s, "log_loss": v[0], "auc": v[1],
-             "calibration": v[2]} for (p, s), v in table.items()]
+def test_rerun_with_other_eval_rows_is_refused_not_reused(tiny_study):
+    output_dir, _ = tiny_study
+    other = dataclasses.replace(TINY_DATA, eval_rows=256)
+    with pytest.raises(RunMismatchError, match="data.eval_rows: 512 -> 256") as refused:
+        study.run_study(other, TINY_MODEL, TINY_TRAIN, precisions=["fp32", "rne"],
+                        seeds=[0, 1], output_dir=output_dir, verbose=0)
+    assert "--overwrite" in str(refused.value)
 
 
-def test_summary_on_known_numbers():
-    table = {
-        ("fp32", 0): (0.4400, 0.80, 1.0), ("fp32", 1): (0.4410, 0.81, 1.0),
-        ("fp32", 2): (0.4420, 0.79, 1.0),
-        ("trunc", 0): (0.4415, 0.79, 1.1), ("trunc", 1): (0.4423, 0.80, 1.1),
-        ("trunc", 2): (0.4437, 0.78, 1.1),
-        ("rne", 0): (0.4401, 0.80, 1.0), ("rne", 1): (0.4409, 0.81, 1.0),
-        ("rne", 2): (0.4421, 0.79, 1.0),
-    }
-    summary = study.summarize(_records(table), ["fp32", "trunc", "rne"],
-                              [0, 1, 2])
-    # trunc - fp32 = 0.0015, 0.0013, 0.0017: mean 0.0015, sd 0.0002,
-    # half-width t(0.975, 2) * 0.0002 / sqrt(3) = 4.302653 * 0.000115470.
-    trunc = summary["trunc"]["log_loss_difference"]
-    assert trunc["mean"] == pytest.approx(0.0015)
-    assert trunc["half_width"] == pytest.approx(4.302653 * 0.0002 / 3**0.5,
-                                                rel=1e-6)
-    assert summary["trunc"]["practically_significant"] is True
-    assert summary["trunc"]["resolved"] is True
-    assert summary["trunc"]["verdict"] == "worse than FP32 by >= 0.001"
-    assert summary["trunc"]["calibration"]["mean"] == pytest.approx(1.1)
-    assert summary["trunc"]["auc_difference"]["mean"] == pytest.approx(-0.01)
-    rne = summary["rne"]
-    assert rne["log_loss_difference"]["mean"] == pytest.approx(0.0001 / 3)
-    assert rne["practically_significant"] is False
-    assert rne["verdict"].startswith("within 0.001 of FP32")
-    assert summary["fp32"]["log_loss"] == stats.mean_interval(
-        [0.4400, 0.4410, 0.4420]).as_dict()
-
-    del table[("rne", 2)]
-    with pytest.raises(ValueError, match=r"Missing runs.*'rne', 2"):
-        study.summarize(_records(table), ["fp32", "trunc", "rne"], [0, 1, 2])
-
-
-def test_verdicts():
-    def interval(low, high):
-        return stats.Interval((low + high) / 2, low, high, (high - low) / 2,
-                              0.0, 5, 0.95)
-
-    assert study.verdict(interval(-0.0012, -0.0011)).startswith("better")
-    assert study.verdict(interval(0.0002, 0.0006)) == (
-        "within 0.001 of FP32 (but worse than FP32)")
-    assert study.verdict(interval(-0.0003, 0.0004)) == "within 0.001 of FP32"
-    assert study.verdict(interval(0.0005, 0.0016)) == "inconclusive at 0.001"
+def test_adding_seeds_with_changed_eval_rows_never_pairs_them(tmp_path):
+    output_dir = str(tmp_path)
+    study.run_study(TINY_DATA, TINY_MODEL, TINY_TRAIN, precisions=["fp32", "rne"],
+                    seeds=[0], output_dir=output_dir, verbose=0)
+    other = dataclasses.replace(TINY_DATA, eval_rows=256)
+    # Seed 0 of the old eval set is refused; with --overwrite it is retrained,
+    # so every run of the new study is scored on the same 256 rows.
+    with pytest.raises(RunMismatchError):
+        study.run_study(other, TINY_MODEL, TINY_TRAIN, precisions=["fp32", "rne"],
+                        seeds=[0, 1], output_dir=output_dir, verbose=0)
+    results = study.run_study(other, TINY_MODEL, TINY_TRAIN, precisions=["fp32", "rne"],
+                              seeds=[0, 1], output_dir=output_dir, verbose=0,
+                              overwrite=True)
+    assert {r["count"] for r in results["runs"]} == {256}
+    assert len({r["pairing"]["eval_rows"] for r in results["runs"]}) == 1
 
 
 @pytest.mark.parametrize("precisions, message", [
@@ -171,8 +155,10 @@ def test_seed_list_validation():
 
 def test_precision_flags_are_validated_together():
     try:
-        with pytest.raises(flags.IllegalFlagValueError, match="add bf16"):
-            study.FLAGS(["study", "--update_rounding=kahan"])
+        study.FLAGS(["study", "--update_rounding=kahan"])
+        with pytest.raises(ValueError, match="add bf16"):
+            study.check_precisions(study.FLAGS.precisions, study.FLAGS.weights_precision,
+                                   study.FLAGS.update_rounding)
         study.FLAGS.unparse_flags()
         study.FLAGS(["study", "--weights_precision=bf16", "--update_rounding=rne,kahan"])
         assert study.check_precisions(study.FLAGS.precisions, study.FLAGS.weights_precision,

@@ -1,4 +1,4 @@
-"""The precision of a run: what it computes in and what it stores weights in.
+"""The precision of a study's run: what it computes in and stores weights in.
 
 A `Precision` has two parts:
 
@@ -29,15 +29,17 @@ Example:
 import dataclasses
 from typing import Optional
 
-COMPUTE_PRECISIONS = ("fp32", "rne", "trunc", "stochastic", "native")
-EMULATED = ("rne", "trunc", "stochastic")
-WEIGHTS_PRECISIONS = ("fp32", "bf16")
-# The update roundings of `tfbf16.optimizers.BF16Weights` (its
-# `UPDATE_ROUNDINGS`; a test checks that the two agree). Spelled out here so
-# that flag definitions do not import tfbf16 (and Keras 3) up front.
-UPDATE_ROUNDINGS = ("rne", "trunc", "stochastic", "kahan")
-DEFAULT_UPDATE_ROUNDING = "rne"
+import tfbf16
+from tfbf16.optimizers import UPDATE_ROUNDINGS
+from tfbf16.rounding import ROUNDINGS
+
+#: The emulated roundings (`tfbf16.ROUNDINGS`).
+EMULATED = ROUNDINGS
 BASELINE = "fp32"
+#: Every compute precision: FP32, the emulated roundings, real bfloat16.
+COMPUTE_PRECISIONS = (BASELINE,) + EMULATED + ("native",)
+WEIGHTS_PRECISIONS = ("fp32", "bf16")
+DEFAULT_UPDATE_ROUNDING = "rne"
 
 _BF16_WEIGHTS = "+bf16w_"
 
@@ -151,7 +153,6 @@ class Precision:
         `tfbf16.wrap(model, rounding=compute)` (sharing its weights)."""
         if self.compute == BASELINE:
             return model
-        import tfbf16  # imported only when needed
         return tfbf16.wrap(model, rounding=self.compute)
 
     def optimizer(self, inner):
@@ -159,7 +160,6 @@ class Precision:
         around it, storing the weights it updates in BF16."""
         if self.weights == "fp32":
             return inner
-        import tfbf16  # imported only when needed
         return tfbf16.optimizers.BF16Weights(inner, update_rounding=self.update_rounding)
 
 

@@ -1,11 +1,11 @@
-"""`recsys.precision`: names, validation and the study's expansion."""
+"""`tfbf16.study.precision`: names, validation and a study's expansion."""
 
 import pytest
 
 import tfbf16
 
-from recsys import precision as precision_lib
-from recsys.precision import Precision
+from tfbf16.study import precision as precision_lib
+from tfbf16.study.precision import Precision
 
 
 def test_names_round_trip():
@@ -18,9 +18,9 @@ def test_names_round_trip():
     assert Precision.parse("rne").trainer_kind != Precision.parse("rne+bf16w_rne").trainer_kind
 
 
-def test_update_roundings_are_those_of_tfbf16():
-    assert precision_lib.UPDATE_ROUNDINGS == tfbf16.optimizers.UPDATE_ROUNDINGS
-    assert set(precision_lib.EMULATED) | {"native"} == set(tfbf16.ROUNDINGS) | {"native"}
+def test_names_come_from_tfbf16():
+    assert precision_lib.UPDATE_ROUNDINGS is tfbf16.optimizers.UPDATE_ROUNDINGS
+    assert precision_lib.COMPUTE_PRECISIONS == ("fp32",) + tfbf16.ROUNDINGS + ("native",)
 
 
 @pytest.mark.parametrize("name, message", [
