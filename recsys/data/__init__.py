@@ -85,9 +85,12 @@ class DataBundle:
         read ahead by prefetching included), and count each line once however
         often the data is iterated; read them after training / evaluating.
 
+        Under a parameter-server strategy the workers run copies of the
+        training pipeline: their reading is not counted here.
+
         Returns:
-            `{"source": str, "train": {...}, "eval": {...}}`, each split the
-            dict of `accounting.SplitCounter.report`: "unit" ("line" for
+            `{"train": {...}, "eval": {...}}`, each split the dict of
+            `accounting.SplitCounter.report`: "unit" ("line" for
             Criteo text, where `eval_rows` / `train_rows` count lines,
             malformed ones included; "record" for prepared TFRecords; "row"
             for synthetic data), "requested", "available", "read", "rows",
@@ -99,7 +102,7 @@ class DataBundle:
 
         >>> bundle.input_report()["eval"]["rows"]  # after a full eval pass
         """
-        report = {"source": self.source}
+        report = {}
         for split, counter in self.counters.items():
             report[split] = counter.report()
             if self.prepared_from is not None:
@@ -120,6 +123,14 @@ class DataBundle:
         (`eval_rows`, `train_rows`, `num_buckets`, ...) are not part of it.
         """
         return self.fingerprint_fn()
+
+    @property
+    def remote_readable(self):
+        """Whether `train` still works when serialized and rebuilt in another
+        process (parameter-server workers). False for "criteo": its files are
+        read by Python code (`textlines`), which exists only in this process;
+        prepare TFRecords (`python -m recsys.prepare`) for such runs."""
+        return self.source != "criteo"
 
     @property
     def bad_lines(self):

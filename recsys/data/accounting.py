@@ -21,9 +21,10 @@ from the iterator, with the counts, the first malformed line and what to do)
 when its malformed fraction, over the units read so far, exceeds
 `max_malformed_fraction`:
 
-- after every block, once at least `check_after` units (one parse chunk, 4,096
-  lines) were read, so that a 40%-malformed file stops within its first chunk
-  rather than after a whole pass;
+- after every block, once at least `check_after` units (4,096, about one
+  parse chunk of Criteo text) were read, so that a 40%-malformed file stops
+  within its first chunks rather than after a whole pass, and a few bad
+  lines among the first ones do not stop a good file;
 - at the end of every pass over the split (an end marker that
   `window_rows` appends to the stream), whatever the number read, so that a
   small file is checked too.
@@ -62,15 +63,10 @@ _INT64_MAX = 2**63 - 1
 _not_convert = tf.autograph.experimental.do_not_convert
 
 
-def stream_element(rows, event=ROWS, message=""):
-    """`(rows, event, message)`: the element format of `window_rows`."""
-    return rows, tf.constant(event, tf.int32), tf.constant(message, tf.string)
-
-
 @_not_convert
 def rows_element(*rows):
     """Maps a dataset of row blocks to `window_rows` elements (for `Dataset.map`)."""
-    return stream_element(rows if len(rows) > 1 else rows[0])
+    return (rows if len(rows) > 1 else rows[0]), tf.constant(ROWS), tf.constant("")
 
 
 def window_rows(elements, skip=0, take=None):
@@ -94,7 +90,7 @@ def window_rows(elements, skip=0, take=None):
     end = skip + take if take is not None else _INT64_MAX
     whole = not skip and take is None
 
-    @tf.autograph.experimental.do_not_convert
+    @_not_convert
     def step(start, element):
         rows, event, message = element
         n = tf.shape(tf.nest.flatten(rows)[0], out_type=tf.int64)[0]
@@ -153,7 +149,7 @@ class SplitCounter:
             self._first = tf.Variable("", dtype=tf.string, trainable=False)
             self._complete = tf.Variable(False, trainable=False)
 
-    @tf.autograph.experimental.do_not_convert
+    @_not_convert
     def apply(self, position, rows, event, message, malformed=None, header=None,
               describe=None):
         """Counts a `window_rows` element and returns its rows to keep.

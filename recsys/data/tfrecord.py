@@ -310,20 +310,26 @@ def read_metadata(output_dir):
 
 
 def _verified_records(output_dir, split, metadata):
-    """`window_rows` elements of a split's records; a shard that ends before
-    its recorded record count becomes a READ_ERROR naming it."""
+    """`accounting.window_rows` elements of a split's serialized records.
+
+    A shard that ends before its recorded record count (TensorFlow's reader
+    stops a shard at a corrupt or truncated record, its error ignored here)
+    becomes a READ_ERROR element that names it.
+    """
     paths = shard_paths(output_dir, split)
     expected = metadata["shard_rows"][split]
+    not_converted = tf.autograph.experimental.do_not_convert
 
-    @tf.autograph.experimental.do_not_convert
+    @not_converted
     def shard_records(path, count):
         chunks = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER).ignore_errors(
             log_warning=True).batch(_CHUNK)
-        chunks = chunks.map(tf.autograph.experimental.do_not_convert(
-            lambda records: (records, False))).concatenate(
-            tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True)))
+        end = tf.data.Dataset.from_tensors(tf.zeros([0], tf.string))
+        # The end of the shard is the element after its last chunk: `last`.
+        chunks = chunks.map(not_converted(lambda records: (records, False))).concatenate(
+            end.map(not_converted(lambda records: (records, True))))
 
-        @tf.autograph.experimental.do_not_convert
+        @not_converted
         def check(read, chunk):
             records, last = chunk
             read += tf.size(records, out_type=tf.int64)
@@ -333,13 +339,11 @@ def _verified_records(output_dir, split, metadata):
                 " of its ", tf.strings.as_string(count), " records could be read. Prepare "
                 "the directory again."])
             event = tf.where(short, accounting.READ_ERROR, accounting.ROWS)
-            return read, (records, event, message, last)
+            return read, ((records, event, message), ~last | short)
 
         checked = chunks.scan(tf.constant(0, tf.int64), check)
-        checked = checked.filter(tf.autograph.experimental.do_not_convert(
-            lambda r, event, m, last: ~last | (event == accounting.READ_ERROR)))
-        return checked.map(tf.autograph.experimental.do_not_convert(
-            lambda r, event, m, last: (r, event, m)))
+        return checked.filter(not_converted(lambda element, keep: keep)).map(
+            not_converted(lambda element, keep: element))
 
     shards = tf.data.Dataset.from_tensor_slices(
         (tf.constant(paths, tf.string), tf.constant(expected, tf.int64)))

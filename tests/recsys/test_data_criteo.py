@@ -79,7 +79,6 @@ def test_sample_rows_match_raw_text(sample):
         line.startswith("1\t") for line in lines)
     assert sparse.min() >= 0 and (sparse < np.array(BUCKETS)).all()
     report = bundle.input_report()
-    assert report["source"] == "criteo"
     assert {split: report[split]["malformed"] for split in ("train", "eval")} == {
         "train": 0, "eval": 0}
     assert (report["train"]["read"], report["eval"]["read"]) == (150, 50)

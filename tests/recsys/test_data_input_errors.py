@@ -4,6 +4,7 @@ without a word."""
 
 import bz2
 import gzip
+import os
 from pathlib import Path
 import re
 
@@ -258,3 +259,18 @@ def test_truncated_file_among_many_is_not_a_shorter_data_set(tmp_path):
             rows += int(label.shape[0])
     assert 6000 // 16 * 16 <= rows < 9000
     assert read_all(bundle.eval) == 1000  # the eval file is intact
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root reads a file whatever its permissions")
+def test_unreadable_file_is_refused_up_front(tmp_path):
+    path = tmp_path / "day_0.tsv"
+    path.write_bytes(_SAMPLE)
+    path.chmod(0)
+    with pytest.raises(PermissionError, match=re.escape(f"{path} cannot be read: permission")):
+        bundle_of(path)
+
+
+def test_criteo_pipelines_run_python_code():
+    assert not bundle_of(SAMPLE).remote_readable
+    assert make_datasets("synthetic", batch_size=8, eval_rows=8).remote_readable

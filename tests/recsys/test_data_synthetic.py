@@ -122,7 +122,6 @@ def test_report_counts_generated_rows_once(bundle):
         for _ in bundle.eval:
             pass
     report = bundle.input_report()
-    assert report["source"] == "synthetic"
     assert {k: report["eval"][k] for k in ("unit", "requested", "read", "rows", "malformed",
                                            "complete")} == {
         "unit": "row", "requested": 20_000, "read": 20_000, "rows": 20_000, "malformed": 0,
