@@ -1,32 +1,33 @@
 r"""BF16 weights: how the rounding of the weight update compares with FP32.
 
-Zamirai et al. 2020 ("Revisiting BFloat16 Training") found that when the
-weights are stored in BF16, round-to-nearest cancels every update smaller
-than half a BF16 ulp of the weight, which stalls training once updates get
-small, and that stochastic rounding or Kahan summation recover FP32 quality.
-This experiment reproduces that on two small tasks where late updates are
-small (the learning rate decays to 0 along a cosine):
+Stores the weights in BF16 and rounds every update with rne, trunc,
+stochastic or kahan (`tfbf16.optimizers.BF16Weights`), on two small tasks
+whose late updates are small (the learning rate decays to 0 along a cosine),
+where round-to-nearest cancels updates below half a BF16 ulp of the weight
+(Zamirai et al. 2020, "Revisiting BFloat16 Training"):
 
 - "linreg": linear regression, 64 features, y = X w* + noise (MSE; SGD);
 - "mlp": a one-hidden-layer (64 ReLU) MLP classifying the labels of a
   random teacher MLP (log loss; Adam).
 
-Each is trained from the same initial weights and batches with:
+Each is trained from the same initial weights and batches, for --seeds seeds,
+with:
 
 - FP32: no emulation, FP32 weights;
 - BF16 compute, FP32 weights: `tfbf16.wrap(model, "rne")` (Kalamkar et al.);
 - BF16 weights with update rounding rne / trunc / stochastic / kahan:
-  the wrapped model plus `tfbf16.optimizers.BF16Weights(optimizer, ...)`.
+  the wrapped model plus `BF16Weights(optimizer, update_rounding)`.
 
-It prints, per task and configuration, the final test loss (mean and spread
+Prints, per task and configuration, the final test loss (mean and spread
 over seeds), its difference to FP32, and the fraction of weights that did
 not change at all during the last 10% of training (cancelled updates), and
-writes a PNG of the test-loss curves.
+writes a PNG of the test-loss curves to --output.
 
 Usage:
 
-    python -m benchmarks.update_rounding        # ~80 s of CPU time on 2 cores
-    python -m benchmarks.update_rounding --steps=4000 --seeds=8
+    python -m benchmarks.update_rounding [--steps=N] [--seeds=S] [--tasks=linreg,mlp]
+        [--output=update_rounding.png]
+    python -m benchmarks.update_rounding --steps=200 --seeds=2 --eval_every=100  # quick
 """
 
 import os
@@ -42,11 +43,16 @@ import tensorflow as tf  # noqa: E402
 
 import tfbf16  # noqa: E402
 from tfbf16.optimizers import BF16Weights  # noqa: E402
+from tfbf16.study import stats  # noqa: E402
+from tfbf16.utils import cli  # noqa: E402
+from tfbf16.utils.files import atomic_write  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 2000, "Training steps per run.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("eval_every", 100, "Test-loss evaluation interval (steps).")
+flags.DEFINE_integer("steps", 2000, "Training steps per run (a multiple of --eval_every).",
+                     lower_bound=1)
+flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("eval_every", 100, "Test-loss evaluation interval (steps).",
+                     lower_bound=1)
 flags.DEFINE_integer("seeds", 4, "Independent replicates (initial weights and batches).",
                      lower_bound=1)
 flags.DEFINE_list("tasks", ["linreg", "mlp"], "Tasks to run: linreg, mlp.")
@@ -211,7 +217,8 @@ def run(task, config, steps, batch_size, eval_every, seed=0):
         total += same.shape[1]
     if update_rounding is not None:
         bits = [np.ascontiguousarray(v.numpy()).view(np.uint32) & 0xFFFF for v in variables]
-        assert all(not b.any() for b in bits), f"{label}: weights are not BF16"
+        if any(b.any() for b in bits):
+            raise RuntimeError(f"{label}: BF16Weights left weights that are not BF16 values.")
     return np.array(eval_steps), np.array(losses), frozen / total
 
 
@@ -221,18 +228,21 @@ def _format_table(task, results):
         f"### {task.name}: {task.loss_name} after {FLAGS.steps} steps "
         f"({len(fp32)} seeds: mean ± std)",
         "",
-        f"| configuration | {task.loss_name} | vs FP32 (mean of paired differences) "
-        "| weights frozen in last 10% of steps |",
+        f"| configuration | {task.loss_name} | vs FP32 (mean of paired differences, "
+        f"{stats.CONFIDENCE:.0%} t interval) | weights frozen in last 10% of steps |",
         "| --- | --- | --- | --- |",
     ]
     for label, _, _ in CONFIGS:
         final = results[label][1][-1]
         frozen = results[label][2]
-        diff = final - fp32
-        lines.append(
-            f"| {label} | {final.mean():.5f} ± {final.std():.5f} | "
-            f"{diff.mean():+.5f} ({diff.mean() / fp32.mean():+.1%}) | {frozen.mean():.0%} |"
-        )
+        if np.all(np.isfinite(final)):
+            diff = stats.paired_difference(final, fp32)
+            versus = (f"{diff.mean:+.5f} ± {diff.half_width:.5f} "
+                      f"({diff.mean / fp32.mean():+.1%})")
+        else:
+            versus = "diverged (non-finite loss)"
+        lines.append(f"| {label} | {final.mean():.5f} ± {final.std():.5f} | {versus} | "
+                     f"{frozen.mean():.0%} |")
     return "\n".join(lines)
 
 
@@ -260,7 +270,8 @@ def _plot(tasks, all_results, path):
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_write(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=110)
     plt.close(figure)
 
 
@@ -288,4 +299,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,28 +1,33 @@
 """Training-step time of `tfbf16.wrap`ped models relative to the FP32 model.
 
-For two models, measured side by side in one run (interleaved rounds: every
-variant runs once per round, so drifts of the machine's load hit all alike),
-with and without `jit_compile`:
+For two models, measured side by side in one run (interleaved rounds,
+benchmarks/timing.py), with and without `jit_compile`:
 
 - DCN: a tf_keras functional Deep & Cross Network of Criteo size: 13 dense
-  features, 26 categorical features embedded in 16 dimensions, 3 full-rank
-  `tfrs` Cross layers, a 512-256 deep tower, batch 512.
+  features, 26 categorical features embedded in 16 dimensions (--vocab rows
+  each), 3 full-rank `tfrs` Cross layers, a 512-256 deep tower, batch
+  --dcn_batch.
 - CNN: a small Keras 3 convolutional network (4 Conv2D, 1 Dense) on 32x32x3
-  images, batch 128.
+  images, batch --cnn_batch.
 
 Variants: the FP32 model, the emulated model (`wrap(model, "rne")`) and real
-bfloat16 compute (`wrap(model, "native")`). The table gives the median
-milliseconds per training step (wall clock) and the median over rounds of
-the ratio to FP32 in the same round, of wall time and of process CPU time
-(the CPU-time ratio is steadier on a machine shared with other jobs).
+bfloat16 compute (`wrap(model, "native")`), each stepped by its compiled
+train function (what `fit` runs). The table gives the median milliseconds
+per training step (wall clock) and the median over rounds of the ratio to
+FP32 in the same round, of wall time and of process CPU time (steadier on a
+machine shared with other jobs).
 
-With `--profile`, the emulated DCN step (no jit) is also timed with parts of
+With --profile, the emulated DCN step (no jit) is also timed with parts of
 the emulation switched off (gradient rounding, input rounding, the inner XLA
 cluster of the rounding kernel), and the rounding ops traced into one
 training step are counted, to see where the overhead comes from.
 
-Usage: python -m benchmarks.wrap_overhead [--repeats R] [--steps S]
-       [--round_seconds T] [--models dcn,cnn] [--[no]profile]
+Usage:
+
+    python -m benchmarks.wrap_overhead [--rounds=R] [--steps=S] [--round_seconds=T]
+        [--models=dcn,cnn] [--[no]profile]
+    python -m benchmarks.wrap_overhead --rounds=2 --steps=2 --round_seconds=0.1 \
+        --dcn_batch=64 --cnn_batch=16 --vocab=1000    # a quick run
 """
 
 import os
@@ -31,27 +36,31 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tensorflow-recommenders nee
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import collections  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfbf16  # noqa: E402
+from benchmarks import timing  # noqa: E402
 from tfbf16 import rounding as rounding_lib  # noqa: E402
+from tfbf16.emulation import tensors as emulated_tensors  # noqa: E402
+from tfbf16.utils import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("repeats", 7, "Interleaved timed repetitions per variant.")
-flags.DEFINE_integer("steps", 10, "Most training steps per timed repetition.")
+flags.DEFINE_integer("rounds", 7, "Interleaved timed rounds.", lower_bound=1)
+flags.DEFINE_integer("steps", 10, "Most training steps per variant per round.",
+                     lower_bound=1)
 flags.DEFINE_float("round_seconds", 1.0,
-                   "Target length of one timed repetition: a variant runs fewer than "
-                   "--steps steps per repetition (at least 1) when its steps are slow.")
+                   "Target time of a variant's steps in one round: a variant runs fewer "
+                   "than --steps steps per round (at least 1) when its steps are slow.")
 flags.DEFINE_list("models", ["dcn", "cnn"], "Which models to time: dcn, cnn.")
+flags.register_validator("models", lambda names: set(names) <= {"dcn", "cnn"},
+                         "--models must be among dcn, cnn.")
 flags.DEFINE_bool("profile", True, "Also time partial emulations of the DCN step.")
-flags.DEFINE_integer("dcn_batch", 512, "DCN batch size.")
-flags.DEFINE_integer("cnn_batch", 128, "CNN batch size.")
-flags.DEFINE_integer("vocab", 10_000, "Rows of each DCN embedding table.")
+flags.DEFINE_integer("dcn_batch", 512, "DCN batch size.", lower_bound=1)
+flags.DEFINE_integer("cnn_batch", 128, "CNN batch size.", lower_bound=1)
+flags.DEFINE_integer("vocab", 10_000, "Rows of each DCN embedding table.", lower_bound=1)
 
 NUM_DENSE, NUM_CATEGORICAL, EMBEDDING_DIM = 13, 26, 16
 
@@ -131,7 +140,7 @@ def _loss(K, name):
 
 
 class Variant:
-    """One compiled model whose training step is timed."""
+    """One compiled model whose training steps are timed (`step` runs one)."""
 
     def __init__(self, name, *, make_model, loss_name, data, rounding=None, policy=None,
                  jit=False, inner_xla=True):
@@ -149,30 +158,15 @@ class Variant:
         # The inner-XLA switch is read when the step is traced: trace now.
         rounding_lib.set_xla_rounding(inner_xla)
         try:
-            self.steps(2)
+            self.step()
+            self.step()
         finally:
             rounding_lib.set_xla_rounding(True)
-        start = time.perf_counter()
-        self.steps(1)
-        step_seconds = time.perf_counter() - start
-        self.steps_per_round = int(min(FLAGS.steps, max(1, FLAGS.round_seconds // step_seconds)))
-        self.times, self.cpu_times = [], []
 
-    def steps(self, n):
-        for _ in range(n):
-            logs = self.train_function(self.iterator)
-        return float(logs["loss"])  # a host value: the steps have finished
-
-    def time(self, n=None):
-        n = n or self.steps_per_round
-        start, start_cpu = time.perf_counter(), time.process_time()
-        self.steps(n)
-        self.times.append((time.perf_counter() - start) / n)
-        self.cpu_times.append((time.process_time() - start_cpu) / n)
-
-    @property
-    def median_ms(self):
-        return statistics.median(self.times) * 1e3
+    def step(self):
+        """Runs one training step and waits for it (returns None)."""
+        logs = self.train_function(self.iterator)
+        float(logs["loss"])  # a host value: the step has finished
 
 
 def make_variants(specs):
@@ -186,22 +180,27 @@ def make_variants(specs):
     return made, failed
 
 
-def measure(variants, repeats):
-    """Median ms/step of each variant, and median of its per-round ratio to
-    the first variant (timed in the same round, so slow drifts of the
-    machine's load cancel)."""
-    for _ in range(repeats):
-        for variant in variants:
-            variant.time()
-    def ratios(attribute):
-        base = getattr(variants[0], attribute)
-        return {
-            v.name: statistics.median(t / b for t, b in zip(getattr(v, attribute), base))
-            for v in variants
-        }
+def measure(variants, rounds, base="fp32"):
+    """Times the variants' steps side by side (`benchmarks.timing.interleave`).
 
-    wall, cpu = ratios("times"), ratios("cpu_times")
-    return {v.name: v.median_ms for v in variants}, {n: (wall[n], cpu[n]) for n in wall}
+    Each variant runs about --round_seconds of steps per round (at most
+    --steps, at least 1).
+
+    Returns:
+        (median ms/step per variant, per variant the median per-round ratio
+        to the `base` variant of (wall, CPU) time); both empty if the base
+        variant failed to build.
+    """
+    if base not in [v.name for v in variants]:
+        return {}, {}
+    calls = {v.name: timing.calls_for(v.step, FLAGS.round_seconds, most=FLAGS.steps)
+             for v in variants}
+    results = timing.interleave({v.name: v.step for v in variants}, rounds=rounds,
+                                warmup=0, calls=calls)
+    base = results[base]
+    return ({name: r.median_ms for name, r in results.items()},
+            {name: (r.ratio_to(base), r.ratio_to(base, cpu=True))
+             for name, r in results.items()})
 
 
 # ---------------------------------------------------------------- rounding census
@@ -215,8 +214,6 @@ def rounding_census(make_model, loss_name, data, batch):
     `round_gradient` (every gradient rounding goes through it), the rest are
     forward. Unknown batch dimensions count as `batch`.
     """
-    import tfbf16.emulation as emulation_lib
-
     calls, sizes = collections.Counter(), collections.Counter()
     state = {"backward": 0}
     original_raw, original_gradient = rounding_lib._round_raw, rounding_lib.round_gradient
@@ -239,14 +236,14 @@ def rounding_census(make_model, loss_name, data, batch):
                       rounding="rne")
     patched = [(rounding_lib, "_round_raw", counting_raw),
                (rounding_lib, "round_gradient", counting_gradient),
-               (emulation_lib, "round_gradient", counting_gradient)]
+               (emulated_tensors, "round_gradient", counting_gradient)]
     saved = [(module, name, getattr(module, name)) for module, name, _ in patched]
     for module, name, value in patched:
         setattr(module, name, value)
     try:
         variant.model.make_train_function(force=True)
         variant.train_function = variant.model.train_function
-        variant.steps(1)  # traces the step once, with the counters in place
+        variant.step()  # traces the step once, with the counters in place
     finally:
         for module, name, value in saved:
             setattr(module, name, value)
@@ -256,16 +253,18 @@ def rounding_census(make_model, loss_name, data, batch):
 # ---------------------------------------------------------------- main
 
 
-def _cell(results, ratios, failed, name, base):
-    if name in failed or base not in results:
+def _cell(results, ratios, name):
+    if name not in results:
         return f"{'failed':>22}"
     wall, cpu = ratios[name]
     return f"{results[name]:>9.1f}{wall:>6.2f}x{cpu:>6.2f}x "
 
 
 def main(argv):
-    del argv
-    print(f"tfbf16.wrap overhead: {FLAGS.repeats} interleaved rounds of up to {FLAGS.steps} "
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    print(f"load average at start: {timing.machine_load()}")
+    print(f"tfbf16.wrap overhead: {FLAGS.rounds} interleaved rounds of up to {FLAGS.steps} "
           f"training steps (~{FLAGS.round_seconds} s; fit's train function) per variant; "
           "median ms/step (wall) and median per-round ratio to FP32 of wall time and of "
           "process CPU time")
@@ -284,8 +283,8 @@ def main(argv):
                 ("emulated rne", dict(common, rounding="rne", jit=jit)),
                 ("native bf16", dict(common, rounding="native", jit=jit)),
             ])
-            results, ratios = measure(variants, FLAGS.repeats)
-            row = "".join(_cell(results, ratios, failed, n, "fp32") for n in names)
+            results, ratios = measure(variants, FLAGS.rounds)
+            row = "".join(_cell(results, ratios, n) for n in names)
             print(f"  {f'jit_compile={jit}':<18}{row}", flush=True)
             failures.update({f"{key} {n} jit={jit}": why for n, why in failed.items()})
 
@@ -301,7 +300,7 @@ def main(argv):
                                       policy=tfbf16.BF16Policy(round_inputs=False, **no_grad))),
                 ("full, inner XLA off", dict(common, rounding="rne", inner_xla=False)),
             ])
-            results, ratios = measure(variants, FLAGS.repeats)
+            results, ratios = measure(variants, FLAGS.rounds)
             print(f"    {'':<24}{'ms/step':>9}{'wall':>7}{'cpu':>7}   added (wall)")
             for name, ms in results.items():
                 wall, cpu = ratios[name]
@@ -309,6 +308,10 @@ def main(argv):
                       f"   {(wall - 1) * results['fp32']:+.1f} ms")
             failures.update({f"dcn profile {n}": why for n, why in failed.items()})
             calls, sizes = rounding_census(make_model, loss_name, common["data"], FLAGS.dcn_batch)
+            if not calls:
+                failures["dcn rounding census"] = (
+                    "no rounding op counted: its hooks (tfbf16.rounding._round_raw, "
+                    "round_gradient) no longer see tfbf16's rounding calls")
             for kind in ("forward", "backward"):
                 if calls.get(kind):
                     print(f"    {kind} rounding ops per step: {calls[kind]}, "
@@ -316,7 +319,8 @@ def main(argv):
                           f"(mean {sizes[kind] / calls[kind] / 1e3:.1f}K per op)")
     for what, why in failures.items():
         print(f"\nfailed: {what}: {why}")
+    print(f"load average at end: {timing.machine_load()}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

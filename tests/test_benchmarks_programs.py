@@ -1,0 +1,93 @@
+"""Every benchmark program runs to the end with its smallest settings.
+
+Each test runs `python -m benchmarks.<name>` in its own process (they define
+absl flags at import) with tiny flags and checks what it printed and wrote;
+the numbers themselves are not checked (they are timings of a tiny run).
+`benchmarks.streaming_memory` has its own tests
+(tests/recsys/test_streaming_memory.py).
+"""
+
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SMALL_DCN = ["--embedding_dim=4", "--num_cross_layers=1", "--deep_layers=16",
+              "--vocab_scale=0.05"]
+
+
+def _run(module, *args, timeout=1200):
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=REPO,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_recsys_input():
+    out = _run("recsys_input", "--rows=3000", "--rounds=1", "--memory_rows=20000",
+               "--batch_size=512")
+    table = out[out.index("source"):].splitlines()
+    assert [line.split()[0] for line in table[1:4]] == ["synthetic", "criteo", "tfrecord"]
+    assert [line.split()[-3] for line in table[1:4]] == ["2,560"] * 3  # 5 batches of 512
+    assert "synthetic stream, 19,968 rows" in out  # 39 batches of 512
+
+
+@pytest.mark.slow
+def test_recsys_throughput():
+    out = _run("recsys_throughput", "--steps=3", "--rounds=1", "--precisions=fp32,native",
+               "--batch_size=256", *_SMALL_DCN)
+    rows = {line.split()[0]: line for line in out.splitlines()
+            if line.split()[:1] in (["fp32"], ["native"])}
+    assert set(rows) == {"fp32", "native"}
+    assert rows["fp32"].split()[2] == "1.00x"
+    assert "input-bound:" in out
+
+
+@pytest.mark.slow
+def test_recsys_throughput_refuses_an_unknown_precision():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.recsys_throughput",
+                           "--precisions=fp32,bf17"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 1
+    assert "benchmarks.recsys_throughput: error: Invalid precision 'bf17'" in done.stderr
+
+
+@pytest.mark.slow
+def test_scaling(tmp_path):
+    out = _run("scaling", "--steps=3", "--rounds=1", "--precisions=fp32",
+               "--batch_size=128", "--noweak", *_SMALL_DCN, f"--output_dir={tmp_path}")
+    report = json.loads((tmp_path / "scaling.json").read_text())
+    assert [r["configuration"] for r in report["rows"]] == [
+        "1 worker", "2 workers, same global batch"]
+    assert report["rows"][0]["ratio"] == 1.0
+    assert report["model"]["deep_layers"] == [16]
+    assert "| fp32 | 2 workers, same global batch | 128 |" in out
+    assert os.listdir(tmp_path) == ["scaling.json"]  # the runs' directory is gone
+
+
+@pytest.mark.slow
+def test_wrap_overhead():
+    out = _run("wrap_overhead", "--models=dcn", "--rounds=1", "--steps=1",
+               "--round_seconds=0.01", "--dcn_batch=16", "--vocab=100")
+    assert "failed" not in out
+    assert "jit_compile=False" in out and "jit_compile=True" in out
+    assert "full, inner XLA off" in out
+    assert "forward rounding ops per step" in out and "backward rounding ops per step" in out
+
+
+@pytest.mark.slow
+def test_update_rounding(tmp_path):
+    png = tmp_path / "update_rounding.png"
+    out = _run("update_rounding", "--steps=100", "--eval_every=50", "--seeds=2",
+               f"--output={png}")
+    for task in ("linreg", "mlp"):
+        assert f"### {task}:" in out
+    assert out.count("| BF16 weights, kahan |") == 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(tmp_path) == ["update_rounding.png"]
