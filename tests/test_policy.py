@@ -4,6 +4,8 @@ Every switch is checked on the numbers it must change (against a manual
 reference), not only on what `tfbf16.summary` reports.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -117,9 +119,9 @@ def test_include_and_exclude_by_name_regex_and_class(flavour):
         "conv_a": True, "conv_b": False, "flat": False, "dense_a": False, "head": True}
     assert wrapped_with(exclude=[K.layers.Dense]) == {
         "conv_a": True, "conv_b": True, "flat": False, "dense_a": False, "head": False}
-    # A regex matches the whole name, not a substring.
-    assert wrapped_with(exclude=["conv"]) == {
-        "conv_a": True, "conv_b": True, "flat": False, "dense_a": True, "head": True}
+    # A regex matches the whole name, not a substring: "conv" names no layer.
+    with pytest.raises(ValueError, match="exclude entry 'conv' matches no layer"):
+        wrapped_with(exclude=["conv"])
     # exclude wins over include.
     assert wrapped_with(include=["conv_.*"], exclude=["conv_a"]) == {
         "conv_a": False, "conv_b": True, "flat": False, "dense_a": False, "head": False}
@@ -131,9 +133,7 @@ def test_layer_roundings_choose_the_rounding_per_layer(flavour):
     model = dense_model(K, names=("d0", "d1", "d2"))
     d0, d1, d2 = layers_of(model)
     x = not_bf16(np.random.default_rng(2), (3, 4))
-    wrapped = tfbf16.wrap(
-        model, "rne", policy=tfbf16.BF16Policy(layer_roundings={"d1": "trunc", "nomatch.*": "stochastic"})
-    )
+    wrapped = tfbf16.wrap(model, "rne", policy=tfbf16.BF16Policy(layer_roundings={"d1": "trunc"}))
     rows = {row["layer"].split("/")[-1]: row["rounding"] for row in summary_rows(wrapped)}
     assert rows == {"d0": "rne (grad: rne)", "d1": "trunc (grad: trunc)", "d2": "rne (grad: rne)"}
     expected = dense_ref(dense_ref(dense_ref(x, d0), d1, rounding=trunc), d2)
@@ -144,6 +144,68 @@ def test_layer_roundings_choose_the_rounding_per_layer(flavour):
     )
     expected = dense_ref(dense_ref(dense_ref(x, d0), d1, rounding=trunc), d2, rounding=trunc)
     assert_bits_equal(wrapped(x), expected, "regex per-layer rounding")
+
+
+# ---------------------------------------------------------------- policies that select nothing
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+@pytest.mark.parametrize(
+    "policy_kwargs, fragment",
+    [
+        ({"include": ["nomatch"]}, "include entry 'nomatch' matches no layer of 'net'"),
+        ({"include": ["d0", "d_typo"]}, "include entry 'd_typo' matches no layer"),
+        ({"include": ["class:Conv2D"]}, "include entry 'class:Conv2D' matches no layer"),
+        ({"exclude": ["D0"]}, "exclude entry 'D0' matches no layer"),
+        ({"layer_roundings": {"d1": "trunc", "dense_1": "stochastic"}},
+         "layer_roundings key 'dense_1' matches no layer"),
+    ],
+)
+def test_policy_entry_that_matches_no_layer_raises_and_names_the_layers(
+        flavour, policy_kwargs, fragment):
+    K = FLAVOURS[flavour]
+    model = dense_model(K)
+    with pytest.raises(ValueError, match=fragment) as error:
+        tfbf16.wrap(model, policy=tfbf16.BF16Policy(**policy_kwargs))
+    assert "(layers: d0, d1, d2)" in str(error.value)
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_policy_entry_check_lists_a_few_names_of_a_big_model(flavour):
+    K = FLAVOURS[flavour]
+    model = dense_model(K, names=[f"layer{i}" for i in range(12)])
+    with pytest.raises(ValueError, match=r"layers: layer0, layer1, .*layer7, \.\.\. \(12 layers\)"):
+        tfbf16.wrap(model, policy=tfbf16.BF16Policy(include=["layer12"]))
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_policy_that_leaves_nothing_emulated_warns(flavour):
+    K = FLAVOURS[flavour]
+    model = dense_model(K)
+    x = not_bf16(np.random.default_rng(3), (2, 4))
+    for kwargs in ({"exclude": [".*"]}, {"exclude": ["class:Dense"]},
+                   {"include": ["d1"], "keep_first_fp32": True, "exclude": ["d1"]}):
+        with pytest.warns(UserWarning, match="nothing of 'net' is emulated"):
+            wrapped = tfbf16.wrap(model, policy=tfbf16.BF16Policy(**kwargs))
+        assert not any(emulated(wrapped).values())
+        assert_bits_equal(wrapped(x), model(x), "an FP32 model, as warned")
+    # A model without any layer to emulate warns too.
+    plain = K.Sequential([K.Input((4,)), K.layers.ReLU(name="act")], name="plain")
+    with pytest.warns(UserWarning, match="nothing of 'plain' is emulated"):
+        tfbf16.wrap(plain)
+    # A policy that emulates something does not warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tfbf16.wrap(model, policy=tfbf16.BF16Policy(include=["d1"]))
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_summary_of_something_that_is_not_a_keras_model_raises_type_error(flavour):
+    K = FLAVOURS[flavour]
+    for not_a_model in (object(), "model", K.optimizers.SGD(), None):
+        with pytest.raises(TypeError, match="takes a Keras 3 or tf_keras model or layer"):
+            tfbf16.summary(not_a_model)
+    tfbf16.summary(K.layers.Dense(2), print_fn=lambda line: None)  # a layer is fine
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))

@@ -11,6 +11,8 @@ Models (Keras 3 and tf_keras):
   `unwrap(model)`; `BF16Wrapper(layer, ...)` for one layer; `BF16Policy` for
   what is rounded where; `summary(model)`; `set_rounding(model, ...)` to
   switch roundings between steps without retracing.
+- `tfbf16.backends`: the registry of what differs between the two Kerases
+  (`backends.backend_of(layer_model_or_optimizer)`).
 - `bf16_hardware()`: whether `rounding="native"` runs on real bfloat16 units.
 
 Training with BF16 (submodules):
@@ -20,18 +22,21 @@ Training with BF16 (submodules):
   stored in BF16 after every step ("rne", "trunc", "stochastic", "kahan").
 """
 
+# The back ends register themselves; everything below dispatches through them.
+from tfbf16.backends import keras3 as _keras3_backend  # noqa: F401
+from tfbf16.backends import tf_keras as _tf_keras_backend  # noqa: F401
 from tfbf16.hardware import BF16Hardware, bf16_hardware
 from tfbf16.policy import BF16Policy, LayerRounding
 from tfbf16.rounding import ROUNDINGS, quantize, round_bf16, round_gradient
 from tfbf16.summary import summary
 from tfbf16.wrap import set_rounding, unwrap, wrap
 from tfbf16.wrapper_base import BF16Wrapper
-from tfbf16 import callbacks, optimizers  # noqa: E402  (after the names they use)
+from tfbf16 import backends, callbacks, optimizers  # noqa: E402  (after the names they use)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BF16Hardware", "BF16Policy", "BF16Wrapper", "LayerRounding", "ROUNDINGS",
     "bf16_hardware", "quantize", "round_bf16", "round_gradient", "set_rounding",
-    "summary", "unwrap", "wrap", "callbacks", "optimizers",
+    "summary", "unwrap", "wrap", "backends", "callbacks", "optimizers",
 ]

@@ -61,6 +61,12 @@ class BF16Policy:
         layer_roundings: dict from a layer name or regular expression to
             the rounding ("rne", "trunc", "stochastic") of matching layers.
 
+    `tfbf16.wrap` refuses (ValueError) a policy with an `include` or
+    `exclude` entry or a `layer_roundings` key that matches no layer of the
+    model (a typo would otherwise quietly leave the model FP32, or
+    emulated where FP32 was meant), and warns when the policy leaves nothing
+    of the model emulated.
+
     Example:
 
     >>> policy = tfbf16.BF16Policy(keep_last_fp32=True, exclude=["embed.*"],
@@ -109,6 +115,27 @@ class BF16Policy:
         if self.include is not None and not _matches_any(layer, self.include):
             return False
         return not (self.exclude and _matches_any(layer, self.exclude))
+
+    def unmatched_entries(self, layers):
+        """The entries of this policy that select none of `layers`.
+
+        Args:
+            layers: the layers of a model.
+
+        Returns:
+            A list of `(what, entry)`: "include entry", "exclude entry" and
+            "layer_roundings key" entries that match no layer.
+        """
+        unmatched = []
+        for field, selectors in (("include entry", self.include),
+                                 ("exclude entry", self.exclude)):
+            for selector in selectors or ():
+                if not any(_matches_any(layer, [selector]) for layer in layers):
+                    unmatched.append((field, selector))
+        for pattern in self.layer_roundings:
+            if not any(_name_matches(layer.name, pattern) for layer in layers):
+                unmatched.append(("layer_roundings key", pattern))
+        return unmatched
 
     def resolve(self, layer, rounding, grad_rounding):
         """The `LayerRounding` of `layer` under this policy.

@@ -1,25 +1,39 @@
 """`tfbf16.summary`: what a wrapped model emulates, layer by layer."""
 
-from tfbf16 import emulation
+from tfbf16.backends import registry
+from tfbf16.emulation import kinds
 from tfbf16.wrap import iter_layers
 from tfbf16.wrapper_base import BF16Wrapper
 
 _WHY_FP32 = {
-    emulation.NO_GEMM: "FP32 (no GEMM)",
-    emulation.UNSUPPORTED: "FP32 (not supported)",
+    kinds.NO_GEMM: "FP32 (no GEMM)",
+    kinds.UNSUPPORTED: "FP32 (not supported)",
 }
+
+
+def _check_model(model):
+    if not (registry.is_keras_object(model) and registry.backend_of(model).is_layer(model)):
+        raise TypeError(
+            "tfbf16.summary takes a Keras 3 or tf_keras model or layer; got "
+            f"{type(model).__module__}.{type(model).__qualname__}."
+        )
 
 
 def summary_rows(model):
     """One dict per layer: path, class, emulated, tensors, rounding.
 
     Args:
-        model: a model (wrapped or not).
+        model: a Keras model or layer (wrapped or not).
 
     Returns:
-        A list of dicts with keys "layer", "class", "emulated" (bool),
-        "tensors" (what is rounded) and "rounding".
+        A list of dicts with keys "layer", "class" (the wrapped layer's
+        class for a wrapper), "emulated" (bool), "tensors" (what is rounded)
+        and "rounding".
+
+    Raises:
+        TypeError: if `model` is not a Keras model or layer.
     """
+    _check_model(model)
     rows = []
     for path, layer in iter_layers(model):
         if isinstance(layer, BF16Wrapper):
@@ -31,12 +45,12 @@ def summary_rows(model):
                 "class": type(inner).__name__,
                 "emulated": True,
                 "tensors": "computes in bfloat16" if native
-                else emulation.rounded_tensors_of(inner, layer.kind),
+                else kinds.rounded_tensors_of(layer.kind),
                 "rounding": rounding if native else f"{rounding} (grad: {grad_rounding})",
             })
             continue
-        kind = emulation.layer_kind(layer)
-        if kind == emulation.MODEL or type(layer).__name__ == "InputLayer":
+        kind = kinds.layer_kind(layer)
+        if kind == kinds.MODEL or type(layer).__name__ == "InputLayer":
             continue
         rows.append({
             "layer": path,
@@ -52,11 +66,14 @@ def summary(model, print_fn=print):
     """Prints a table of what `tfbf16.wrap` emulates in `model`.
 
     Args:
-        model: a model (wrapped or not).
+        model: a Keras model or layer (wrapped or not).
         print_fn: where each line goes.
 
     Returns:
         The table as a string.
+
+    Raises:
+        TypeError: if `model` is not a Keras model or layer.
 
     Example:
 

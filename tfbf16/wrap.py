@@ -2,8 +2,8 @@
 
 import warnings
 
-from tfbf16 import emulation
-from tfbf16.keras_versions import flavour_of
+from tfbf16.backends import registry
+from tfbf16.emulation import kinds
 from tfbf16.policy import WRAP_ROUNDINGS, BF16Policy
 from tfbf16.rounding import check_rounding
 from tfbf16.wrapper_base import BF16Wrapper, check_native_rounding
@@ -11,26 +11,31 @@ from tfbf16.wrapper_base import BF16Wrapper, check_native_rounding
 # Attribute on a subclassed model or custom layer whose sublayers were wrapped
 # in place: {attribute name: original value}, used by unwrap.
 _REPLACED = "_tfbf16_replaced_attributes"
+# How many layer names an error message lists.
+_NAMES_SHOWN = 8
 
 
 def wrap(model, rounding="rne", *, grad_rounding=None, policy=None):
     """Returns `model` set up to train as if it ran in bfloat16.
 
     Every compute layer (Dense, EinsumDense, convolutions, Embedding, RNNs,
-    MultiHeadAttention, normalization, tensorflow-recommenders' Cross) is
-    wrapped in a `tfbf16.BF16Wrapper` that rounds its inputs and weights to
-    bfloat16 in the forward pass and its error gradients in the backward
-    pass, while kernels accumulate in FP32 and weights and optimizer state
-    stay FP32 (Kalamkar et al. 2019). Layers without GEMMs (activations,
-    pooling, reshapes, merges) stay FP32 as in the paper; a layer with
-    weights that tfbf16 cannot emulate stays FP32 and is named in a warning.
+    MultiHeadAttention, normalization, tensorflow-recommenders' Cross,
+    keras-rs' FeatureCross and DotInteraction) is wrapped in a
+    `tfbf16.BF16Wrapper` that rounds its inputs and weights to bfloat16 in
+    the forward pass and its error gradients in the backward pass, while
+    kernels accumulate in FP32 and weights and optimizer state stay FP32
+    (Kalamkar et al. 2019). Layers without GEMMs (activations, pooling,
+    reshapes, merges) stay FP32 as in the paper; a layer with weights that
+    tfbf16 cannot emulate stays FP32 and is named in a warning.
 
     Sequential and Functional models (nested ones too) are rebuilt around
     the *same* layer objects: the wrapped model shares its weights with
-    `model`, which keeps working in FP32. Subclassed models, and custom
-    layers that contain other layers, are wrapped in place (their sublayer
-    attributes are replaced) and returned; `unwrap` restores them. A compiled
-    model's compile arguments are carried over.
+    `model`, which keeps working in FP32. It is a drop-in for `model`: the
+    same `weights` in the same order, the same parameter counts, and
+    weights files and checkpoints that load into either. Subclassed models,
+    and custom layers that contain other layers, are wrapped in place (their
+    sublayer attributes are replaced) and returned; `unwrap` restores them.
+    A compiled model's compile arguments are carried over.
 
     Args:
         model: a Keras 3 or tf_keras model (or a single layer).
@@ -45,7 +50,15 @@ def wrap(model, rounding="rne", *, grad_rounding=None, policy=None):
         The wrapped model.
 
     Raises:
-        ValueError: for an unknown rounding, or if `model` is already wrapped.
+        TypeError: if `model` is not a Keras model or layer, or `policy` not
+            a `BF16Policy`.
+        ValueError: for an unknown rounding, if `model` is already wrapped,
+            or if an `include`/`exclude` entry or a `layer_roundings` key of
+            the policy matches no layer of the model (a typo there would
+            otherwise give numbers labelled BF16 that are not).
+
+    Warns:
+        UserWarning: when nothing of the model ends up emulated.
 
     Example:
 
@@ -69,14 +82,23 @@ def wrap(model, rounding="rne", *, grad_rounding=None, policy=None):
                 "layer_roundings cannot mix 'native' with emulated roundings in one "
                 f"model (model rounding {rounding!r}, layer rounding {layer_rounding!r})."
             )
-    flavour = flavour_of(model)
+    backend = registry.backend_of(model)
     if _is_wrapped(model):
         raise ValueError(
             f"{model.name!r} is already wrapped by tfbf16; call tfbf16.unwrap() first."
         )
-    wrapper = _ModelWrapper(flavour, rounding, grad_rounding or rounding, policy)
-    wrapped = wrapper.wrap_any(model)
+    leaves = _leaf_layers(model)
+    _check_policy_matches(policy, model, leaves)
+    wrapper = _ModelWrapper(backend, rounding, grad_rounding or rounding, policy)
+    wrapped = wrapper.wrap_any(model, leaves)
     wrapper.warn_unsupported()
+    if not wrapper.wrapped_count():
+        warnings.warn(
+            f"tfbf16.wrap: nothing of {model.name!r} is emulated ({policy!r} leaves no "
+            "layer to wrap); the returned model computes in FP32. "
+            "tfbf16.summary(model) lists each layer.",
+            stacklevel=2,
+        )
     return wrapped
 
 
@@ -91,18 +113,21 @@ def unwrap(model):
         (unwrapped) layers; for models wrapped in place, the same model with
         its original sublayers restored; for a `BF16Wrapper`, its inner layer.
 
+    Raises:
+        TypeError: if `model` is not a Keras model or layer.
+
     Example:
 
     >>> fp32_model = tfbf16.unwrap(tfbf16.wrap(model))
     """
-    return _unwrap_any(flavour_of(model), model)
+    return _unwrap_any(registry.backend_of(model), model)
 
 
 class _ModelWrapper:
     """One wrap() call: the decisions for every layer of one model."""
 
-    def __init__(self, flavour, rounding, grad_rounding, policy):
-        self.flavour = flavour
+    def __init__(self, backend, rounding, grad_rounding, policy):
+        self.backend = backend
         self.rounding = rounding
         self.grad_rounding = None if rounding == "native" else grad_rounding
         self.policy = policy
@@ -110,13 +135,16 @@ class _ModelWrapper:
         self.kept_fp32 = set()
         self.wrapped = {}  # id(layer) -> wrapper, so shared layers share a wrapper
 
-    def wrap_any(self, model):
-        compute = [l for l in _leaf_layers(model) if emulation.layer_kind(l) in emulation.COMPUTE_KINDS]
+    def wrap_any(self, model, leaves):
+        compute = [l for l in leaves if kinds.layer_kind(l) in kinds.COMPUTE_KINDS]
         if compute and self.policy.keep_first_fp32:
             self.kept_fp32.add(id(compute[0]))
         if compute and self.policy.keep_last_fp32:
             self.kept_fp32.add(id(compute[-1]))
         return self.wrap_layer(model)
+
+    def wrapped_count(self):
+        return sum(isinstance(w, BF16Wrapper) for w in self.wrapped.values())
 
     def wrap_layer(self, layer):
         if id(layer) in self.wrapped:
@@ -126,39 +154,39 @@ class _ModelWrapper:
         return result
 
     def _wrap_new(self, layer):
-        if not _is_layer(layer):
+        if _backend_of_layer(layer) is None:
             return layer  # a plain operation of a Keras 3 graph (slicing, +, ...)
         if isinstance(layer, BF16Wrapper):
             raise ValueError(f"Layer {layer.name!r} is already a tfbf16.BF16Wrapper.")
-        kind = emulation.layer_kind(layer)
-        if kind == emulation.MODEL:
-            if self.flavour.is_functional(layer):
+        kind = kinds.layer_kind(layer)
+        if kind == kinds.MODEL:
+            if self.backend.is_functional(layer):
                 return self._rebuild(layer)
             return self._wrap_in_place(layer)
-        if kind == emulation.NO_GEMM:
+        if kind == kinds.NO_GEMM:
             return layer
-        if kind == emulation.UNSUPPORTED:
-            if _sublayer_attributes(layer):
+        if kind == kinds.UNSUPPORTED:
+            if self.backend.layer_attributes(layer):
                 if layer.trainable_weights and _own_weights(layer):
                     self.unsupported.append(layer)
                 return self._wrap_in_place(layer)
             self.unsupported.append(layer)
             return layer
-        if kind == emulation.NORMALIZATION and not self.policy.round_normalization:
+        if kind == kinds.NORMALIZATION and not self.policy.round_normalization:
             return layer
         if id(layer) in self.kept_fp32 or not self.policy.selects(layer):
             return layer
         settings = self.policy.resolve(layer, self.rounding, self.grad_rounding)
-        return self.flavour.wrapper_class(layer, settings=settings)
+        return self.backend.wrapper_class(layer, settings=settings)
 
     def _rebuild(self, model):
-        new = self.flavour.clone_model(model, clone_function=self.wrap_layer)
-        self.flavour.compile_like(new, model)
+        new = self.backend.clone_model(model, clone_function=self.wrap_layer)
+        self.backend.compile_like(new, model)
         return new
 
     def _wrap_in_place(self, container):
         replaced = {}
-        for name, value in _sublayer_attributes(container):
+        for name, value in self.backend.layer_attributes(container):
             if isinstance(value, (list, tuple)):
                 new_value = [self.wrap_layer(v) for v in value]
                 changed = any(n is not v for n, v in zip(new_value, value))
@@ -182,12 +210,29 @@ class _ModelWrapper:
             )
 
 
+def _check_policy_matches(policy, model, leaves):
+    """Raises ValueError for a policy entry that matches no layer of the model."""
+    layers = [l for l in leaves if type(l).__name__ != "InputLayer"]
+    for what, entry in policy.unmatched_entries(layers):
+        names = [l.name for l in layers]
+        shown = ", ".join(names[:_NAMES_SHOWN]) + (
+            f", ... ({len(names)} layers)" if len(names) > _NAMES_SHOWN else ""
+        )
+        raise ValueError(
+            f"BF16Policy {what} {entry!r} matches no layer of {model.name!r} "
+            f"(layers: {shown or 'none'}). Names are matched in full as regular "
+            "expressions (use 'dense.*' for every name starting with 'dense'); "
+            "classes as classes or 'class:Name'."
+        )
+
+
 def set_rounding(model, rounding, *, grad_rounding=None, layers=None):
     """Switches the emulated rounding of a wrapped model, or of some layers.
 
     The rounding is held in variables that traced training steps read, so
     the change takes effect at the next step without recompiling or
     retracing anything. "fp32" turns emulation off for the chosen layers.
+    A saved model records the rounding in force when it was saved.
 
     Args:
         model: a model returned by `tfbf16.wrap` (emulated, not native).
@@ -222,22 +267,22 @@ def set_rounding(model, rounding, *, grad_rounding=None, layers=None):
     return changed
 
 
-def _unwrap_any(flavour, model):
+def _unwrap_any(backend, model):
     if isinstance(model, BF16Wrapper):
         return model.layer
-    if not _is_layer(model):
+    if _backend_of_layer(model) is None:
         return model
-    kind = emulation.layer_kind(model)
-    if kind == emulation.MODEL and flavour.is_functional(model):
-        new = flavour.clone_model(model, clone_function=lambda l: _unwrap_any(flavour, l))
-        flavour.compile_like(new, model)
+    kind = kinds.layer_kind(model)
+    if kind == kinds.MODEL and backend.is_functional(model):
+        new = backend.clone_model(model, clone_function=lambda l: _unwrap_any(backend, l))
+        backend.compile_like(new, model)
         return new
     replaced = vars(model).get(_REPLACED)
     if replaced:
         for name, value in replaced.items():
             current = vars(model)[name]
             for inner in current if isinstance(current, list) else [current]:
-                _unwrap_any(flavour, inner)
+                _unwrap_any(backend, inner)
             object.__setattr__(model, name, value)
         object.__delattr__(model, _REPLACED)
     return model
@@ -250,37 +295,23 @@ def _is_wrapped(model):
     )
 
 
-def _sublayer_attributes(container):
-    """(name, value) of attributes holding a layer or a list of layers."""
-    found = []
-    for name, value in vars(container).items():
-        if name.startswith("_tfbf16") or name in ("_self_tracked_trackables", "_layers"):
-            continue
-        if _is_layer(value) and value is not container:
-            found.append((name, value))
-        elif isinstance(value, (list, tuple)) and value and all(_is_layer(v) for v in value):
-            if name.startswith("_") and name.endswith("_layers"):
-                continue  # Keras' own bookkeeping lists
-            found.append((name, list(value)))
-    return found
-
-
 def _own_weights(layer):
-    inner = {id(w) for sub in layer._flatten_layers(include_self=False) for w in sub.weights}
+    backend = registry.backend_of(layer)
+    inner = {id(w) for sub in backend.sublayers(layer) for w in sub.weights}
     return [w for w in layer.weights if id(w) not in inner]
 
 
-def _is_layer(value):
-    try:
-        flavour_of(value)
-        return True
-    except TypeError:
-        return False
+def _backend_of_layer(value):
+    """The back end of a Keras layer or model, or None for anything else."""
+    if not registry.is_keras_object(value):
+        return None
+    backend = registry.backend_of(value)
+    return backend if backend.is_layer(value) else None
 
 
 def _leaf_layers(model):
     """Layers in call order (topological for graph models), nested models flattened."""
-    return [layer for _, layer in iter_layers(model) if emulation.layer_kind(layer) != emulation.MODEL]
+    return [layer for _, layer in iter_layers(model) if kinds.layer_kind(layer) != kinds.MODEL]
 
 
 def iter_layers(model, prefix=""):
@@ -301,12 +332,13 @@ def iter_layers(model, prefix=""):
     if isinstance(model, BF16Wrapper):
         yield prefix + model.name, model
         return
-    kind = emulation.layer_kind(model)
-    if kind == emulation.MODEL and flavour_of(model).is_functional(model):
+    backend = registry.backend_of(model)
+    kind = kinds.layer_kind(model)
+    if kind == kinds.MODEL and backend.is_functional(model):
         children = [(l.name, l) for l in model.layers]
-    elif kind in (emulation.MODEL, emulation.UNSUPPORTED) and _sublayer_attributes(model):
+    elif kind in (kinds.MODEL, kinds.UNSUPPORTED) and backend.layer_attributes(model):
         children = []
-        for name, value in _sublayer_attributes(model):
+        for name, value in backend.layer_attributes(model):
             if isinstance(value, list):
                 children.extend((f"{name}[{i}]", v) for i, v in enumerate(value))
             else:
@@ -314,7 +346,7 @@ def iter_layers(model, prefix=""):
     else:
         yield prefix + model.name, model
         return
-    if prefix or kind != emulation.MODEL:
+    if prefix or kind != kinds.MODEL:
         yield prefix + model.name, model
     for name, child in children:
         yield from iter_layers(child, prefix + model.name + "/")

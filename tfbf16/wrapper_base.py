@@ -1,23 +1,38 @@
 """What the Keras 3 and tf_keras `BF16Wrapper`s share, and the public class.
 
-`tfbf16.BF16Wrapper(layer, ...)` returns the implementation that matches the
-layer's own Keras: `tfbf16.keras3_wrapper.BF16Wrapper` for Keras 3 layers,
-`tfbf16.tf_keras_wrapper.BF16Wrapper` for tf_keras (Keras 2) layers. Both are
-instances of `tfbf16.BF16Wrapper`.
+`tfbf16.BF16Wrapper(layer, ...)` returns the implementation of the layer's
+own Keras, found through the back-end registry (`tfbf16.backends`); every
+implementation is an instance of `tfbf16.BF16Wrapper`.
+
+The rounding in force lives outside the layer's weights: two scalar int32
+`tf.Variable`s per wrapper (forward and gradient, codes of
+`tfbf16.rounding.ROUNDING_CODES`) that the traced call reads, so that
+`set_rounding` switches a traced training step without retracing it. They
+are not Keras weights (so `weights`, `get_weights`, `count_params`, weights
+files and checkpoints are exactly the wrapped layer's) and are recorded in
+the wrapper's config instead (`rounding_in_force`), so a saved model
+reloads with the rounding in force when it was saved. SavedModel exports,
+whose traced functions read them, track them.
 """
 
 import abc
-import contextlib
 import dataclasses
+import threading
 import warnings
 
 import tensorflow as tf
 
-from tfbf16 import emulation
+from tfbf16.backends import registry
+from tfbf16.emulation import context, kinds
+from tfbf16.emulation.tensors import (
+    is_float_tensor, map_float_arguments, round_forward, round_inputs, round_outputs,
+)
 from tfbf16.policy import WRAP_ROUNDINGS, LayerRounding
 from tfbf16.rounding import ROUNDING_CODES, check_rounding, rounding_code
 
-_NATIVE_POLICY = "mixed_bfloat16"
+#: Native calls switch the dtype policy of the (shared) inner layers for
+#: the duration of the call; this lock keeps two native calls apart.
+_NATIVE_LOCK = threading.RLock()
 
 
 def make_settings(rounding, grad_rounding, settings):
@@ -53,27 +68,79 @@ def check_native_rounding(rounding):
         )
 
 
+class RoundingState:
+    """The rounding in force in one emulated wrapper, read by its traced call.
+
+    Two scalar int32 `tf.Variable`s, created outside any traced function;
+    they are not Keras weights.
+
+    Args:
+        forward: the forward rounding's name (a key of `ROUNDING_CODES`).
+        gradient: the gradient rounding's name.
+    """
+
+    def __init__(self, forward, gradient):
+        with tf.init_scope():
+            self.forward = tf.Variable(
+                rounding_code(forward), dtype=tf.int32, trainable=False,
+                name="rounding_code",
+            )
+            self.gradient = tf.Variable(
+                rounding_code(gradient), dtype=tf.int32, trainable=False,
+                name="grad_rounding_code",
+            )
+
+    def names(self):
+        """(forward, gradient) rounding names in force now."""
+        names = {code: name for name, code in ROUNDING_CODES.items()}
+        return (
+            names[int(tf.convert_to_tensor(self.forward))],
+            names[int(tf.convert_to_tensor(self.gradient))],
+        )
+
+
 class EmulatedCallMixin:
     """The call logic of a BF16 wrapper, for either Keras version.
 
-    Subclasses provide `_call_with_weights(rounded, args, kwargs)` (call the
-    inner layer so that it reads `rounded[id(variable)]` instead of each
-    listed variable) and `_native_scope()` (a context in which the inner
-    layer computes in bfloat16).
+    Its `__init__` takes the arguments of `tfbf16.BF16Wrapper`. Subclasses
+    set `_backend` (their `tfbf16.backends` back end) and provide
+    `_call_inner_plain(inputs, args, kwargs)` (call the inner layer),
+    `_call_with_weights(rounded, inputs, args, kwargs)` (call it so that it
+    reads `rounded[id(variable)]` for each listed variable) and
+    `_native_scope()` (a context in which the inner layer computes in
+    bfloat16).
     """
 
-    def _init_emulation(self, layer, rounding, grad_rounding, settings):
+    _backend = None
+
+    def __init__(self, layer, rounding="rne", grad_rounding=None, *, settings=None,
+                 rounding_in_force=None, **kwargs):
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        self._init_emulation(layer, rounding, grad_rounding, settings, rounding_in_force)
+        self.supports_masking = layer.supports_masking
+
+    def _init_emulation(self, layer, rounding, grad_rounding, settings, rounding_in_force):
+        if isinstance(layer, BF16Wrapper):
+            raise ValueError(f"Layer {layer.name!r} is already a tfbf16.BF16Wrapper.")
         self.settings = make_settings(rounding, grad_rounding, settings)
-        self.kind = emulation.layer_kind(layer)
-        if self.kind not in emulation.EMULATED_KINDS:
+        self.kind = kinds.layer_kind(layer)
+        if self.kind not in kinds.EMULATED_KINDS:
             raise ValueError(
                 f"tfbf16 cannot emulate layer {layer.name!r} of class "
-                f"{type(layer).__name__} (kind: {self.kind}). Supported: Dense, "
-                "EinsumDense, Conv*/Conv*Transpose, DepthwiseConv*, SeparableConv*, "
-                "Embedding, SimpleRNN/LSTM/GRU (also in Bidirectional), "
-                "MultiHeadAttention, Batch/Layer/GroupNormalization and "
-                "tensorflow-recommenders' Cross. tfbf16.wrap leaves other layers FP32."
+                f"{type(layer).__name__} (kind: {self.kind}). Supported: "
+                f"{kinds.EMULATED_LAYERS}. tfbf16.wrap leaves other layers FP32."
             )
+        if self.settings.rounding == "native":
+            if rounding_in_force is not None and tuple(rounding_in_force) != ("native", None):
+                raise ValueError("A native wrapper has no runtime rounding to restore.")
+            state = None
+        else:
+            if rounding_in_force is None:
+                rounding_in_force = (self.settings.rounding, self.settings.grad_rounding or "fp32")
+            state = RoundingState(*rounding_in_force)
+        object.__setattr__(self, "_tfbf16_rounding_state", state)
+        object.__setattr__(self, "_tfbf16_hooks", None)
         self._warned_unreached = False
 
     @property
@@ -81,25 +148,32 @@ class EmulatedCallMixin:
         """The rounding the wrapper was created with (see `current_rounding`)."""
         return self.settings.rounding
 
-    def _build_rounding_codes(self, constant_initializer):
-        """Creates the variables that hold the rounding while a graph runs.
+    @property
+    def rounding_code(self):
+        """The int32 `tf.Variable` holding the forward rounding's code."""
+        return self._rounding_state().forward
 
-        Emulated roundings are read from two scalar int32 variables (forward
-        and gradient, codes of `tfbf16.rounding.ROUNDING_CODES`) at every
-        call, so `set_rounding` can switch a traced training step between
-        "fp32", "rne", "trunc" and "stochastic" without retracing it.
-        """
-        if self.settings.rounding == "native" or hasattr(self, "rounding_code"):
-            return
-        grad = self.settings.grad_rounding or "fp32"
-        self.rounding_code = self.add_weight(
-            name="rounding_code", shape=(), dtype="int32", trainable=False,
-            initializer=constant_initializer(rounding_code(self.settings.rounding)),
-        )
-        self.grad_rounding_code = self.add_weight(
-            name="grad_rounding_code", shape=(), dtype="int32", trainable=False,
-            initializer=constant_initializer(rounding_code(grad)),
-        )
+    @property
+    def grad_rounding_code(self):
+        """The int32 `tf.Variable` holding the gradient rounding's code."""
+        return self._rounding_state().gradient
+
+    def _rounding_state(self):
+        state = vars(self).get("_tfbf16_rounding_state")
+        if state is None:
+            raise AttributeError(
+                f"Layer {self.name!r} computes in native bfloat16: it has no runtime "
+                "rounding."
+            )
+        return state
+
+    def _rounding_trackables(self):
+        """The rounding variables, as trackable children (for SavedModel)."""
+        state = vars(self).get("_tfbf16_rounding_state")
+        if state is None:
+            return {}
+        return {"tfbf16_rounding_code": state.forward,
+                "tfbf16_grad_rounding_code": state.gradient}
 
     def set_rounding(self, rounding, grad_rounding=None):
         """Switches this layer's emulated rounding (no retrace needed).
@@ -108,6 +182,9 @@ class EmulatedCallMixin:
             rounding: "fp32", "rne", "trunc" or "stochastic".
             grad_rounding: the gradient's rounding; None means "same as
                 rounding".
+
+        Raises:
+            ValueError: for an unknown rounding, or a native wrapper.
         """
         if self.settings.rounding == "native":
             raise ValueError(
@@ -115,18 +192,16 @@ class EmulatedCallMixin:
                 "cannot be switched at run time. Wrap the model with an emulated "
                 "rounding to schedule roundings."
             )
-        self.rounding_code.assign(rounding_code(rounding))
-        self.grad_rounding_code.assign(rounding_code(grad_rounding or rounding))
+        forward, gradient = rounding_code(rounding), rounding_code(grad_rounding or rounding)
+        state = self._rounding_state()
+        state.forward.assign(forward)
+        state.gradient.assign(gradient)
 
     def current_rounding(self):
         """(forward, gradient) rounding names in effect now."""
-        if self.settings.rounding == "native" or not hasattr(self, "rounding_code"):
+        if self.settings.rounding == "native":
             return self.settings.rounding, self.settings.grad_rounding
-        names = {code: name for name, code in ROUNDING_CODES.items()}
-        return (
-            names[int(tf.convert_to_tensor(self.rounding_code))],
-            names[int(tf.convert_to_tensor(self.grad_rounding_code))],
-        )
+        return self._rounding_state().names()
 
     #: Set on an instance (bypassing Keras tracking, never saved) by
     #: `tfbf16.callbacks` while it instruments a training step: a callable
@@ -139,16 +214,29 @@ class EmulatedCallMixin:
         """Builds an unbuilt inner layer through one plain call of its own.
 
         Only the layer's own `__call__` knows how to build it from all of its
-        arguments (MultiHeadAttention needs query and value shapes). The call
-        runs in inference mode and its result is dropped, so it updates no
-        statistics.
+        arguments (MultiHeadAttention needs query and value shapes), and
+        some layers build their sublayers only when they call them
+        (tensorflow-recommenders' Cross), so the layer counts as built when
+        all its sublayers are: the emulated call must know every weight
+        before it runs. The call runs in inference mode and its result is
+        dropped, so it updates no statistics.
         """
-        if self.layer.built:
+        if self.layer.built and all(
+            sub.built for sub in self._backend.sublayers(self.layer)
+        ):
             return
         build_kwargs = dict(kwargs)
         if "training" in build_kwargs:
             build_kwargs["training"] = False
         self._call_inner_plain(inputs, args, build_kwargs)
+
+    def _installed_hooks(self):
+        """The emulation hooks of the (built) inner layer, installed on first use."""
+        installed = vars(self).get("_tfbf16_hooks")
+        if installed is None or installed.variable_count != len(self.layer.weights):
+            installed = self._backend.install_hooks(self.layer)
+            object.__setattr__(self, "_tfbf16_hooks", installed)
+        return installed
 
     def _emulated_call(self, inputs, args, kwargs):
         self._ensure_inner_built(inputs, args, kwargs)
@@ -158,39 +246,43 @@ class EmulatedCallMixin:
         return self._unobserved_call(inputs, args, kwargs)
 
     def _unobserved_call(self, inputs, args, kwargs):
-        settings = self.settings
-        if settings.rounding != "native":
-            settings = dataclasses.replace(
-                settings,
-                rounding=tf.convert_to_tensor(self.rounding_code),
-                grad_rounding=tf.convert_to_tensor(self.grad_rounding_code),
-            )
         if self.settings.rounding == "native":
-            # Cast every float input: Keras autocasts only the first one.
-            (inputs, args), kwargs = emulation.map_float_arguments(
-                _to_bfloat16, (inputs, args), kwargs
-            )
-            with self._native_scope():
-                outputs = self._call_inner_plain(inputs, args, kwargs)
-            return tf.nest.map_structure(_to_float32, outputs)
-        if self.kind == emulation.EMBEDDING:
+            return self._native_call(inputs, args, kwargs)
+        state = self._rounding_state()
+        settings = dataclasses.replace(
+            self.settings,
+            rounding=tf.convert_to_tensor(state.forward),
+            grad_rounding=tf.convert_to_tensor(state.gradient),
+        )
+        if self.kind == kinds.EMBEDDING:
             outputs = self._call_inner_plain(inputs, args, kwargs)
             return tf.nest.map_structure(
-                lambda t: emulation.round_forward(t, settings, settings.output_gradients)
-                if emulation.is_float_tensor(t) else t,
+                lambda t: round_forward(t, settings, settings.output_gradients)
+                if is_float_tensor(t) else t,
                 outputs,
             )
-        if self.kind != emulation.RECURRENT:  # the cell rounds each step's input
-            (inputs, args), kwargs = emulation.round_inputs((inputs, args), kwargs, settings)
+        installed = self._installed_hooks()
+        if self.kind != kinds.RECURRENT:  # the cell rounds each step's input
+            (inputs, args), kwargs = round_inputs((inputs, args), kwargs, settings)
         rounded = {}
         if settings.weights:
-            for variable in emulation.weights_to_round(self.layer, self.kind):
-                rounded[id(variable)] = emulation.round_forward(
+            for variable in installed.weights:
+                rounded[id(variable)] = round_forward(
                     tf.convert_to_tensor(variable), settings, settings.weight_gradients
                 )
-        with emulation.interior_rounding(self.layer, self.kind, settings):
+            self._warn_unreached(installed.unreached)
+        frame = context.EmulationFrame(settings, installed.members, rounded)
+        with context.emulating(frame):
             outputs = self._call_with_weights(rounded, inputs, args, kwargs)
-        return emulation.round_outputs(outputs, settings)
+        return round_outputs(outputs, settings)
+
+    def _native_call(self, inputs, args, kwargs):
+        # Cast every float input: Keras autocasts only the first one.
+        (inputs, args), kwargs = map_float_arguments(_to_bfloat16, (inputs, args), kwargs)
+        self._installed_hooks()
+        with _NATIVE_LOCK, self._native_scope():
+            outputs = self._call_inner_plain(inputs, args, kwargs)
+        return tf.nest.map_structure(_to_float32, outputs)
 
     def _warn_unreached(self, variables):
         if variables and not self._warned_unreached:
@@ -199,11 +291,15 @@ class EmulatedCallMixin:
                 f"tfbf16: layer {self.layer.name!r} ({type(self.layer).__name__}) "
                 f"reads weights {sorted(v.name for v in variables)} in a way the "
                 "wrapper cannot intercept; they stay FP32 in the forward pass.",
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def emulation_config(self):
-        return {"settings": self.settings.get_config()}
+        """The wrapper's own config entries: settings and the rounding in force."""
+        config = {"settings": self.settings.get_config()}
+        if self.settings.rounding != "native":
+            config["rounding_in_force"] = list(self.current_rounding())
+        return config
 
 
 def _to_bfloat16(value):
@@ -211,14 +307,9 @@ def _to_bfloat16(value):
 
 
 def _to_float32(value):
-    if emulation.is_float_tensor(value) and value.dtype != tf.float32:
+    if is_float_tensor(value) and value.dtype != tf.float32:
         return tf.cast(value, tf.float32)
     return value
-
-
-@contextlib.contextmanager
-def no_scope():
-    yield
 
 
 class BF16Wrapper(abc.ABC):
@@ -228,10 +319,17 @@ class BF16Wrapper(abc.ABC):
     reads are rounded to bfloat16 values; in the backward pass the gradients
     flowing into its inputs and arriving at its outputs are rounded; the
     layer's own computation runs in FP32 (FP32 accumulation) and its
-    variables stay FP32. Composite layers (RNNs, MultiHeadAttention, Cross)
-    also have the GEMM inputs inside them rounded. With `rounding="native"`
-    the layer computes in real bfloat16 (FP32 variables, outputs cast back to
-    FP32), like Keras' `mixed_bfloat16` policy.
+    variables stay FP32. Composite layers (RNNs, MultiHeadAttention, Cross,
+    FeatureCross) also have the GEMM inputs inside them rounded. With
+    `rounding="native"` the layer computes in real bfloat16 (FP32 variables,
+    outputs cast back to FP32), like Keras' `mixed_bfloat16` policy.
+
+    The wrapper is a drop-in for its layer: its weights are exactly the
+    layer's (the rounding in force is held outside them, see
+    `set_rounding`), and weights files and checkpoints are laid out as the
+    layer's own. Its class is named like the layer's (e.g. a wrapped Dense
+    is of class "Dense", `BF16Wrapper[Dense]`), which is what Keras records
+    in weights files.
 
     Calling `tfbf16.BF16Wrapper(layer, ...)` returns the implementation for
     the layer's Keras version; both are instances of this class.
@@ -242,10 +340,17 @@ class BF16Wrapper(abc.ABC):
         grad_rounding: rounding of gradients; None means "same as rounding".
         settings: a `tfbf16.policy.LayerRounding` (or its config dict) with
             finer control; overrides `rounding` and `grad_rounding`.
+        rounding_in_force: (forward, gradient) rounding names to start with
+            (as `set_rounding` sets them; saved configs record them); None
+            means the settings' roundings.
         **kwargs: passed to the Keras `Wrapper` base class (e.g. `name`).
 
     Returns:
         A Keras layer.
+
+    Raises:
+        TypeError: if `layer` is not a Keras 3 or tf_keras layer.
+        ValueError: for an unknown rounding or a layer tfbf16 cannot emulate.
 
     Example:
 
@@ -256,7 +361,4 @@ class BF16Wrapper(abc.ABC):
     def __new__(cls, layer, *args, **kwargs):
         if cls is not BF16Wrapper:
             return super().__new__(cls)
-        from tfbf16 import keras_versions  # noqa: avoid an import cycle
-
-        implementation = keras_versions.flavour_of(layer).wrapper_class
-        return implementation(layer, *args, **kwargs)
+        return registry.backend_of(layer).wrapper_class(layer, *args, **kwargs)

@@ -11,7 +11,9 @@ import contextlib
 
 import keras
 
-from tfbf16 import emulation
+from tfbf16.backends import common
+from tfbf16.backends.keras3.backend import KERAS3
+from tfbf16.emulation import kinds
 from tfbf16.wrapper_base import BF16Wrapper as _PublicBF16Wrapper
 from tfbf16.wrapper_base import EmulatedCallMixin
 
@@ -19,14 +21,13 @@ _NATIVE_POLICY = "mixed_bfloat16"
 
 
 @keras.saving.register_keras_serializable(package="tfbf16", name="BF16Wrapper")
-class BF16Wrapper(EmulatedCallMixin, keras.layers.Wrapper):
+class BF16Wrapper(common.PresentsInnerLayer, EmulatedCallMixin, keras.layers.Wrapper):
     """Keras 3 implementation of `tfbf16.BF16Wrapper` (see its docstring)."""
 
-    def __init__(self, layer, rounding="rne", grad_rounding=None, *, settings=None, **kwargs):
-        kwargs.setdefault("name", layer.name)
-        super().__init__(layer, **kwargs)
-        self._init_emulation(layer, rounding, grad_rounding, settings)
-        self.supports_masking = layer.supports_masking
+    _backend = KERAS3
+
+    def __init__(self, layer, *args, **kwargs):
+        super().__init__(layer, *args, **kwargs)
         # Present the inner layer's call signature to Keras, so that Keras
         # injects `training` and `mask` exactly when the inner layer takes
         # them and graph nodes record the same arguments as for the
@@ -43,7 +44,6 @@ class BF16Wrapper(EmulatedCallMixin, keras.layers.Wrapper):
         # An unbuilt inner layer is built by its own first call (see
         # EmulatedCallMixin._ensure_inner_built): only it knows the shapes
         # of all its arguments (MultiHeadAttention needs query and value).
-        self._build_rounding_codes(keras.initializers.Constant)
         self.built = True
 
     def call(self, inputs, *args, **kwargs):
@@ -68,8 +68,8 @@ class BF16Wrapper(EmulatedCallMixin, keras.layers.Wrapper):
     def _native_scope(self):
         changed = []
         try:
-            for sub in self.layer._flatten_layers(include_self=True):
-                if emulation.layer_kind(sub) != emulation.NORMALIZATION:
+            for sub in KERAS3.sublayers(self.layer, include_self=True):
+                if kinds.layer_kind(sub) != kinds.NORMALIZATION:
                     changed.append((sub, sub.dtype_policy))
                     sub.dtype_policy = _NATIVE_POLICY
             yield
@@ -91,3 +91,4 @@ class BF16Wrapper(EmulatedCallMixin, keras.layers.Wrapper):
 
 
 _PublicBF16Wrapper.register(BF16Wrapper)
+KERAS3.wrapper_class = BF16Wrapper

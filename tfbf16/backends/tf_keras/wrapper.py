@@ -1,18 +1,21 @@
 """`BF16Wrapper` for tf_keras (Keras 2) layers.
 
-tf_keras layers read their weights through attributes (`self.kernel`), so
-for the duration of one call each weight attribute of the inner layer and of
-its sublayers is replaced by the rounded tensor (a gradient still flows to
-the variable through the rounding op), then restored.
+tf_keras layers read their weights through attributes (`self.kernel`); the
+attributes of the inner layer's float variables are read-through views
+(`tfbf16.backends.tf_keras.weights`) that give the rounded values while
+the wrapper's call is in progress on the reading thread, and the variables'
+own values otherwise (a gradient still flows to each variable through the
+rounding op).
 """
 
 import contextlib
 import copy
 
-import tensorflow as tf
 import tf_keras
 
-from tfbf16 import emulation
+from tfbf16.backends import common
+from tfbf16.backends.tf_keras.backend import TF_KERAS
+from tfbf16.emulation import kinds
 from tfbf16.wrapper_base import BF16Wrapper as _PublicBF16Wrapper
 from tfbf16.wrapper_base import EmulatedCallMixin
 
@@ -20,19 +23,14 @@ _NATIVE_POLICY = "mixed_bfloat16"
 
 
 @tf_keras.saving.register_keras_serializable(package="tfbf16", name="BF16Wrapper")
-class BF16Wrapper(EmulatedCallMixin, tf_keras.layers.Wrapper):
+class BF16Wrapper(common.PresentsInnerLayer, EmulatedCallMixin, tf_keras.layers.Wrapper):
     """tf_keras implementation of `tfbf16.BF16Wrapper` (see its docstring)."""
 
-    def __init__(self, layer, rounding="rne", grad_rounding=None, *, settings=None, **kwargs):
-        kwargs.setdefault("name", layer.name)
-        super().__init__(layer, **kwargs)
-        self._init_emulation(layer, rounding, grad_rounding, settings)
-        self.supports_masking = layer.supports_masking
+    _backend = TF_KERAS
 
     def build(self, input_shape=None):
         # An unbuilt inner layer is built by its own first call (see
         # EmulatedCallMixin._ensure_inner_built).
-        self._build_rounding_codes(tf_keras.initializers.Constant)
         self.built = True
 
     def call(self, inputs, *args, training=None, mask=None, **kwargs):
@@ -46,28 +44,22 @@ class BF16Wrapper(EmulatedCallMixin, tf_keras.layers.Wrapper):
         return self.layer(inputs, *args, **kwargs)
 
     def _call_with_weights(self, rounded, inputs, args, kwargs):
-        with _weights_replaced(self.layer, rounded) as unreached:
-            outputs = self.layer(inputs, *args, **kwargs)
-        self._warn_unreached(unreached)
-        return outputs
+        # The weight attributes read the rounded values from the active frame.
+        return self.layer(inputs, *args, **kwargs)
 
     @contextlib.contextmanager
     def _native_scope(self):
-        subs = [
-            sub for sub in self.layer._flatten_layers(include_self=True)
-            if emulation.layer_kind(sub) != emulation.NORMALIZATION
+        # The weight attributes (AutoCastVariable views) are read in bfloat16
+        # under a bfloat16 policy.
+        policies = [
+            (sub, sub._dtype_policy)
+            for sub in TF_KERAS.sublayers(self.layer, include_self=True)
+            if kinds.layer_kind(sub) != kinds.NORMALIZATION
         ]
-        as_bf16 = {}
-        for sub in subs:
-            for variable in sub._trainable_weights + sub._non_trainable_weights:
-                if variable.dtype.is_floating:
-                    as_bf16[id(variable)] = tf.cast(variable, tf.bfloat16)
-        policies = [(sub, sub._dtype_policy) for sub in subs]
         try:
             for sub, _ in policies:
                 sub._set_dtype_policy(_NATIVE_POLICY)
-            with _weights_replaced(self.layer, as_bf16):
-                yield
+            yield
         finally:
             for sub, policy in policies:
                 sub._set_dtype_policy(policy)
@@ -98,29 +90,8 @@ class BF16Wrapper(EmulatedCallMixin, tf_keras.layers.Wrapper):
             custom_objects=custom_objects,
             use_legacy_format="module" not in layer_config,
         )
-        return cls(layer, **config)
-
-
-@contextlib.contextmanager
-def _weights_replaced(layer, replacements):
-    """Points every weight attribute in `layer`'s tree at its replacement.
-
-    Yields the variables in `replacements` that no attribute holds (the
-    layer reads them some other way, so they cannot be replaced).
-    """
-    reached = set()
-    with contextlib.ExitStack() as stack:
-        for sub in layer._flatten_layers(include_self=True):
-            for name, value in list(vars(sub).items()):
-                if isinstance(value, tf.Variable) and id(value) in replacements:
-                    reached.add(id(value))
-                    stack.enter_context(
-                        emulation.replaced_attribute(sub, name, replacements[id(value)])
-                    )
-        unreached = [
-            v for v in layer.weights if id(v) in replacements and id(v) not in reached
-        ]
-        yield unreached
+        return BF16Wrapper(layer, **config)
 
 
 _PublicBF16Wrapper.register(BF16Wrapper)
+TF_KERAS.wrapper_class = BF16Wrapper
