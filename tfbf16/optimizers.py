@@ -25,6 +25,11 @@ BF16 rounding; all other increments reach it.
 Embedding tables: when a weight's gradient is a `tf.IndexedSlices` and the
 inner optimizer changes only the rows it receives (see `LazyRule`), only
 those rows are rounded, so a step costs O(batch rows), not O(table).
+Under `MirroredStrategy` and `MultiWorkerMirroredStrategy` the rounding runs
+where the inner optimizer updates each copy of a weight, after the
+all-reduce, so the copies stay bit-identical.
+
+The Keras-specific parts live in `tfbf16.backends.<keras>.optimizer`.
 """
 
 import abc
@@ -472,8 +477,11 @@ class BF16Weights(abc.ABC):
     (`use_ema`) or gradient accumulation also touch it. For the lazy
     optimizers the result is bit-identical to rounding whole variables
     (`sparse_updates=False`) with "rne", "trunc" and "kahan"; with
-    "stochastic" the random bits differ (they are drawn for the updated
-    rows only), the distribution does not.
+    "stochastic" the random bits differ (they are drawn for the step's
+    distinct updated rows, in the order of their first occurrence), their
+    distribution does not. Rows a step does not update are not rounded,
+    so the tables must hold BF16 values already: `build` rounds them, and
+    after replacing weights call `round_weights`.
 
     Distribution: without a strategy, and under `OneDeviceStrategy`,
     `MirroredStrategy` and `MultiWorkerMirroredStrategy`. The rounding runs
