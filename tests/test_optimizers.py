@@ -206,23 +206,25 @@ _LOAD_SCRIPT = """
 import sys
 import keras, tf_keras
 import tfbf16
-K = keras if sys.argv[2] == "keras3" else tf_keras
-model = K.models.load_model(sys.argv[1])
-assert isinstance(model.optimizer, tfbf16.optimizers.BF16Weights), type(model.optimizer)
-print("LOADED", model.optimizer.update_rounding, len(model.optimizer.compensations))
+for path, K in zip(sys.argv[1:], (keras, tf_keras)):
+    model = K.models.load_model(path)
+    assert isinstance(model.optimizer, tfbf16.optimizers.BF16Weights), type(model.optimizer)
+    print("LOADED", K.__name__, model.optimizer.update_rounding, len(model.optimizer.compensations))
 """
 
 
-@FLAVOURS
-def test_a_fresh_process_loads_a_saved_model_with_its_optimizer(K, tmp_path):
+@pytest.mark.slow
+def test_a_fresh_process_loads_saved_models_with_their_optimizer(tmp_path):
     x, y = _data()
-    model = _fit_model(K, BF16Weights(K.optimizers.Adagrad(0.05), "kahan"))
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    done = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, path,
-                           "keras3" if K is keras else "tf_keras"],
+    paths = []
+    for K in (keras, tf_keras):
+        model = _fit_model(K, BF16Weights(K.optimizers.Adagrad(0.05), "kahan"))
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        paths.append(str(tmp_path / f"{K.__name__}.keras"))
+        model.save(paths[-1])
+    done = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, *paths],
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "LOADED kahan 4" in done.stdout  # a buffer per kernel and bias of the 2 layers
+    # (A buffer per kernel and bias of the 2 layers.)
+    assert "LOADED keras kahan 4" in done.stdout and "LOADED tf_keras kahan 4" in done.stdout
