@@ -168,6 +168,10 @@ class TrainConfig:
     eval_steps: int = setting(
         8, "Eval batches used by each periodic evaluation (0: the whole eval set). "
         "The final evaluation always uses the whole eval set.", lower_bound=0)
+    eval_points: int = setting(
+        0, "Evaluate on the whole eval set at step 0 and at this many log-spaced steps "
+        "up to --train_steps, for the paired difference over training (instead of "
+        "--eval_every's subset evaluations; 0: off).", lower_bound=0)
     checkpoint_every: int = setting(
         100, "Save a checkpoint every this many steps (and at the end).",
         lower_bound=1, identity=False)
@@ -190,6 +194,28 @@ class TrainConfig:
         _check_bounds(self)
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be > 0; got {self.learning_rate!r}.")
+        if self.eval_points and self.eval_every:
+            raise ValueError("--eval_points (full evaluations at log-spaced steps) and "
+                             "--eval_every (subset evaluations every N steps) exclude each "
+                             "other; set --eval_every=0.")
+
+    def evaluation_steps(self):
+        """The steps after which the learning curve is evaluated, and on how many
+        eval batches (None: all).
+
+        Returns:
+            `(steps, batches)`: a sorted tuple of steps (step 0, before
+            training, included), and the eval batches of each evaluation.
+        """
+        if self.eval_points:
+            points = {0, self.train_steps}
+            for k in range(self.eval_points):  # log-spaced from 1 to train_steps
+                points.add(round(self.train_steps ** (k / max(self.eval_points - 1, 1))))
+            return tuple(sorted(points)), None
+        if self.eval_every:
+            return (tuple(range(0, self.train_steps + 1, self.eval_every)),
+                    self.eval_steps or None)
+        return (), None
 
 
 @dataclasses.dataclass(frozen=True)

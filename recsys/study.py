@@ -99,9 +99,9 @@ LOG_LOSS = summary_lib.Metric("log_loss", higher_is_better=False, label="eval lo
 AUC = summary_lib.Metric("auc", higher_is_better=True, label="AUC", digits=5)
 CALIBRATION = summary_lib.Metric("calibration", higher_is_better=False,
                                  label="calibration", digits=4, paired=False)
-# Every run reads the same training batches; up to this many rows (~1.1 GB)
+# Every run reads the same training batches; up to this many rows (~2.2 GB)
 # they are made once and kept in memory.
-MAX_CACHED_TRAIN_ROWS = 1 << 22
+MAX_CACHED_TRAIN_ROWS = 1 << 23
 
 
 def metrics_for(threshold):
@@ -239,11 +239,28 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
         "history": summary_lib.summarize_history(
             runs, precisions=ordered, seeds=seeds, metric=metrics[0],
             confidence=confidence),
+        "convergence": convergence(runs, ordered, seeds, train_config, confidence),
         "runtime_seconds": time.perf_counter() - began,
     }
     if distribution.is_chief:
         write_results(results, output_dir)
     return results
+
+
+def convergence(runs, precisions, seeds, train_config, confidence):
+    """The change of eval log loss over the last 20% of training, per precision.
+
+    Between the last evaluation at or before 80% of the steps and the end
+    (None without evaluations there).
+    """
+    steps, _ = train_config.evaluation_steps()
+    end = train_config.train_steps
+    earlier = [s for s in steps if s <= 0.8 * end]
+    if end not in steps or not earlier or earlier[-1] == 0:
+        return None
+    return summary_lib.summarize_change(runs, precisions=precisions, seeds=seeds,
+                                        metric=LOG_LOSS, from_step=earlier[-1], to_step=end,
+                                        confidence=confidence)
 
 
 def run_record(result):
@@ -311,6 +328,13 @@ def format_markdown(results):
     if loaded:
         runtime += (f" ({loaded} of {len(results['runs'])} runs were loaded from an "
                     "earlier invocation with the same settings and input, not trained)")
+    if results.get("convergence"):
+        changes = "; ".join(
+            f"{p} {summary_lib.format_difference(c['change'], 5)}"
+            for p, c in results["convergence"].items())
+        first = next(iter(results["convergence"].values()))
+        lines += ["", f"Change of eval log loss from step {first['from_step']} to "
+                  f"{first['to_step']} (the last 20% of training; {level} CI): {changes}."]
     lines += [
         "",
         f"Precisions: {legend}.",
@@ -335,9 +359,10 @@ def write_results(results, output_dir):
     with files.atomic_write(os.path.join(output_dir, "results.md")) as f:
         f.write(format_markdown(results))
     metric = summary_lib.Metric.from_config(results["summary"]["metrics"][0])
+    log_steps = bool(results["config"]["train"].get("eval_points"))
     plots.save_study_plot(os.path.join(output_dir, "study.png"), results["summary"],
                           results["runs"], metric, history=results["history"],
-                          title="DCN-V2 BF16 sensitivity study")
+                          log_steps=log_steps, title="DCN-V2 BF16 sensitivity study")
 
 
 def main(argv):

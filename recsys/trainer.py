@@ -367,6 +367,8 @@ class _Run:
             self.checkpoint, self.distribution.write_dir(directory.checkpoint_dir),
             max_to_keep=2)
         self.history, self.monitor_records = [], []
+        eval_at, self.eval_batches = self.tc.evaluation_steps()
+        self.eval_at = set(eval_at)
         self.train_writer = self._writer("train")
         self.eval_writer = self._writer("eval")
 
@@ -405,7 +407,7 @@ class _Run:
         return result
 
     def _record_evaluation(self, step):
-        self.history.append({"step": step, **self._evaluate(step, self.tc.eval_steps or None)})
+        self.history.append({"step": step, **self._evaluate(step, self.eval_batches)})
 
     def _log_training(self, step, losses):
         mean_loss = float(np.mean(losses))
@@ -493,7 +495,7 @@ class _Run:
                 window = []
                 if progbar is not None:
                     progbar.update(step, [("loss", mean_loss)])
-            if tc.eval_every and step % tc.eval_every == 0:
+            if step in self.eval_at:
                 sync()
                 self._record_evaluation(step)
             if step % tc.checkpoint_every == 0:
@@ -545,7 +547,7 @@ class _Run:
 
     def execute(self):
         start = self._resume()
-        if self.tc.eval_every and start == 0 and not self.history:
+        if 0 in self.eval_at and start == 0 and not self.history:
             self._record_evaluation(0)
         step, seconds, timing = self._train_loop(start)
         self._check_ran_to_the_end(step)

@@ -208,3 +208,20 @@ def test_corrupt_result_file_names_the_file(tmp_path):
     (tmp_path / "run" / "result.json").write_text("{\"log_loss\": ")
     with pytest.raises(ValueError, match=r"run/result.json is not valid JSON"):
         directory.read_json("result.json")
+
+
+def test_change_over_the_end_of_training():
+    runs = []
+    for precision, offset in (("fp32", 0.0), ("rne", 0.001)):
+        for seed, drift in enumerate((0.002, 0.004, 0.003)):
+            runs.append({"precision": precision, "seed": seed, "history": [
+                {"step": 80, "log_loss": 0.5 + offset}, {"step": 100, "log_loss": 0.5 + offset - drift}]})
+    change = summary_lib.summarize_change(runs, precisions=["fp32", "rne"], seeds=[0, 1, 2],
+                                          metric=METRICS[0], from_step=80, to_step=100)
+    assert change["rne"]["from_step"] == 80 and change["rne"]["to_step"] == 100
+    assert change["fp32"]["change"]["mean"] == pytest.approx(-0.003)
+    assert change["fp32"]["change"] == stats.mean_interval(
+        [(0.5 - d) - 0.5 for d in (0.002, 0.004, 0.003)]).as_dict()
+    with pytest.raises(ValueError, match="not evaluated at steps 50 and 100"):
+        summary_lib.summarize_change(runs, precisions=["fp32"], seeds=[0], metric=METRICS[0],
+                                     from_step=50, to_step=100)

@@ -230,6 +230,37 @@ def summarize_history(runs, *, precisions, seeds, metric, baseline=BASELINE,
     return result
 
 
+def summarize_change(runs, *, precisions, seeds, metric, from_step, to_step,
+                     confidence=stats.CONFIDENCE):
+    """How much a metric moved between two steps of the runs' histories.
+
+    For each precision, the per-seed change `value(to_step) - value(from_step)`
+    of its history, with its interval: a flat learning curve at the end of
+    training (a converged run) has a change whose interval holds 0, or is
+    small against the differences the study measures.
+
+    Returns:
+        {precision: {"from_step", "to_step", "change": interval dict}}.
+
+    Raises:
+        ValueError: if a run has no evaluation at either step.
+    """
+    metric = metric if isinstance(metric, Metric) else Metric(**metric)
+    table = {(r["precision"], r["seed"]): r for r in runs}
+    result = {}
+    for precision in precisions:
+        changes = []
+        for seed in seeds:
+            history = {h["step"]: h.get(metric.name) for h in table[(precision, seed)]["history"]}
+            if history.get(from_step) is None or history.get(to_step) is None:
+                raise ValueError(f"Run {precision} seed {seed} was not evaluated at steps "
+                                 f"{from_step} and {to_step}.")
+            changes.append(history[to_step] - history[from_step])
+        result[precision] = {"from_step": int(from_step), "to_step": int(to_step),
+                             "change": stats.mean_interval(changes, confidence).as_dict()}
+    return result
+
+
 def format_mean(interval, digits=4):
     """"0.42445 ± 0.00197" (the mean alone with one seed)."""
     if interval["n"] < 2:
