@@ -17,9 +17,17 @@ Metrics on held-out pairs:
 - BLEU (corpus, 4-gram, no smoothing) of the greedy translations, cut at
   their first EOS.
 
-Laptop scale: a deterministic synthetic "translation": the target is the
-source sequence reversed, with every token mapped through a fixed random
-permutation of the vocabulary (24 tokens, lengths 4-10).
+Laptop scale: a deterministic synthetic "translation" in which a word's
+translation depends on its context: target token i is a fixed random
+dictionary's entry for (source token i - 1, source token i), i.e. 32 x 33
+entries; the source tokens follow a Zipf law (token k with probability
+~ 1/(k + 1)), so, as in real text, frequent pairs are learned early and rare
+ones late or never (lengths 4-10, 6,000 training and 500 held-out pairs).
+The alignment is monotone; the model still has to learn it through its
+attention. Measured in FP32 with the defaults (800 steps) on seeds 0-4: greedy
+token accuracy 0.72-0.75, BLEU 42-48. (Reversed and permuted tokens, the
+earlier task, was solved exactly by every run, a ceiling; a context-dependent
+reversal was learned all-or-nothing, 0.50 or 1.00 depending on the seed.)
 
 Full scale (`--full --wmt_dir=...`): parallel text files `train.<src>`,
 `train.<tgt>`, `test.<src>`, `test.<tgt>` in `--wmt_dir` (e.g. WMT'16
@@ -58,8 +66,8 @@ class TranslationConfig:
     dataset: str = "synthetic"       # "synthetic" or "wmt"
     wmt_dir: str = ""
     langs: tuple = ("en", "de")
-    tokens: int = 24                 # synthetic vocabulary (without specials)
-    contexts: int = 4                # synthetic: dictionaries, chosen by the previous token
+    tokens: int = 32                 # synthetic vocabulary (without specials)
+    zipf: float = 1.0                # synthetic: token k drawn with probability ~ 1 / (k + 1)^zipf
     vocab_size: int = 32_000         # WMT vocabulary per language (with specials)
     min_length: int = 4
     max_length: int = 10
@@ -69,7 +77,7 @@ class TranslationConfig:
     units: int = 64
     encoder_layers: int = 1          # the first is bidirectional
     decoder_layers: int = 2          # the first gives the attention query
-    steps: int = 300
+    steps: int = 800
     batch_size: int = 64
     learning_rate: float = 1e-2
     warmup_steps: int = 10
@@ -129,27 +137,27 @@ def make_pairs(sources, targets, max_length):
 
 
 def translation_table(config):
-    """The synthetic task's dictionaries: [context, source token] -> target token.
+    """The synthetic task's dictionary: [previous source token + 1, source token] -> target token.
 
-    A token's context is 0 for the first token of a sentence and
-    1 + (previous source token mod `config.contexts`) otherwise. Entries are
-    drawn uniformly from the target vocabulary (fixed by `data_seed`).
+    Row 0 serves the first token of a sentence (no previous token). Entries
+    are drawn uniformly from the target vocabulary (fixed by `data_seed`).
     """
     rng = np.random.default_rng([config.data_seed, 0])
-    return rng.integers(0, config.tokens, (config.contexts + 1, config.tokens)) + SPECIALS
+    return rng.integers(0, config.tokens, (config.tokens + 1, config.tokens)) + SPECIALS
 
 
 def synthetic_pairs(config, count, stream):
     """Source token sequences and their translations (see the module docstring)."""
     table = translation_table(config)
+    frequencies = 1.0 / np.arange(1, config.tokens + 1) ** config.zipf
     rng = np.random.default_rng([config.data_seed, 1, stream])
     sources, targets = [], []
     for _ in range(count):
         length = int(rng.integers(config.min_length, config.max_length + 1))
-        source = rng.integers(0, config.tokens, length)
-        context = np.concatenate([[0], source[:-1] % config.contexts + 1])
+        source = rng.choice(config.tokens, length, p=frequencies / frequencies.sum())
+        previous = np.concatenate([[-1], source[:-1]]) + 1
         sources.append((source + SPECIALS).tolist())
-        targets.append(table[context, source][::-1].tolist())
+        targets.append(table[previous, source].tolist())
     return make_pairs(sources, targets, config.max_length)
 
 
@@ -273,7 +281,7 @@ class TranslationExperiment(common.Experiment):
 
     def description(self):
         c = self.config
-        where = (f"synthetic reverse-and-permute translation ({c.tokens} tokens, lengths "
+        where = (f"synthetic in-context translation ({c.tokens} Zipf-distributed tokens, lengths "
                  f"{c.min_length}-{c.max_length}, {c.train_pairs} training / {c.test_pairs} "
                  "held-out pairs)" if c.dataset == "synthetic"
                  else f"WMT {c.langs[0]}-{c.langs[1]} from {c.wmt_dir}")

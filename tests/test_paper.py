@@ -27,30 +27,27 @@ from paper import translation
 # ------------------------------------------------------- pieces of the suite
 
 
-def test_synthetic_translation_reverses_and_translates_in_context():
+def test_synthetic_translation_translates_each_token_in_its_context():
     config = translation.tiny_config()
     source, decoder_input, target = translation.synthetic_pairs(config, 200, stream=0)
-    dictionary, contexts = {}, set()
-    for src, dec, tgt in zip(source, decoder_input, target):
-        tokens = [t for t in src if t != translation.PAD]
-        out = list(tgt[:len(tokens)])
-        assert tgt[len(tokens)] == translation.EOS
-        assert dec[0] == translation.BOS and list(dec[1:len(tokens) + 1]) == out
-        previous = [None] + tokens[:-1]
-        for key, t in zip(zip(previous, tokens), out[::-1]):
-            assert dictionary.setdefault(key, t) == t  # one fixed dictionary
-            contexts.add(key[1])
-    # A token's translation depends on the token before it, not on the token alone.
-    translations = {}
-    for (before, token), t in dictionary.items():
-        translations.setdefault(token, set()).add(t)
-    assert any(len(t) > 1 for t in translations.values())
-    # The held-out stream is other sentences with the same dictionary.
-    test_source, _, test_target = translation.synthetic_pairs(config, 50, stream=1)
-    assert not np.array_equal(test_source[:20], source[:20])
     table = translation.translation_table(config)
-    first = [t for t in test_source[0] if t != translation.PAD]
-    assert test_target[0][len(first) - 1] == table[0, first[0] - translation.SPECIALS]
+    counts = np.zeros(config.tokens, int)
+    for src, dec, tgt in zip(source, decoder_input, target):
+        tokens = [t - translation.SPECIALS for t in src if t != translation.PAD]
+        assert config.min_length <= len(tokens) <= config.max_length
+        out = list(tgt[:len(tokens)])
+        assert tgt[len(tokens)] == translation.EOS and not tgt[len(tokens) + 1:].any()
+        assert dec[0] == translation.BOS and list(dec[1:len(tokens) + 1]) == out
+        previous = [-1] + tokens[:-1]
+        assert out == [table[p + 1, t] for p, t in zip(previous, tokens)]
+        counts[tokens] += 1
+    # A token's translation depends on the token before it.
+    assert any(len(set(table[1:, t])) > 1 for t in range(config.tokens))
+    # Zipf: token 0 is the most frequent, the last the least.
+    assert counts[0] == counts.max() and counts[-1] < counts[0] / 2
+    # The held-out stream is other sentences with the same dictionary.
+    test_source, _, _ = translation.synthetic_pairs(config, 50, stream=1)
+    assert not np.array_equal(test_source[:20], source[:20])
 
 
 def test_reset_optimizer_restarts_keras_adam_but_keeps_a_constant_learning_rate():
