@@ -1,7 +1,7 @@
 """Speed of tfbf16's rounding modes relative to a copy of the same tensor.
 
 Prints two tables, all candidates measured side by side in one process
-(interleaved rounds, see benchmarks/timing.py; median of per-round ratios):
+(interleaved rounds, see benchmarks/timing.py; medians of per-round ratios):
 
 1. A --size float32 tensor (default 16M elements), in three settings (rows):
    "default path": a `tf.function` without XLA in which tfbf16's float32
@@ -9,17 +9,20 @@ Prints two tables, all candidates measured side by side in one process
    "no XLA anywhere": `set_xla_rounding(False)`, every bit op a TensorFlow
    kernel; "inside jit_compile": the whole function compiled by XLA.
    Columns: the copy's milliseconds, then each op's time as a ratio to the
-   copy of the same row: "copy" is `x * 1.0` (TensorFlow turns it into an
-   Identity, so the copy is a memcpy into a new buffer); "-x" is a
-   one-pass elementwise TensorFlow/XLA kernel for comparison; the tf.cast
-   round trip through bfloat16; rne, trunc, stochastic (seed=None, a fresh
-   seed per call); "rne (code)" rounds with a runtime rounding code (an
-   int32 variable, as `tfbf16.wrap`'s layers do).
+   copy of the same row. The copy is `x * v` with `v` a variable holding
+   1.0: one pass that reads x and writes a new tensor, as a rounding does
+   (`x * 1.0` is no copy: TensorFlow and XLA simplify it to `x` and return
+   the input buffer itself). Then the tf.cast round trip through bfloat16;
+   rne, trunc, stochastic (seed=None: a fresh seed drawn per call); and
+   "rne (code)", rne selected by a runtime rounding code (an int32
+   variable, as `tfbf16.wrap`'s layers do).
 2. Layer-sized tensors (--layer_sizes) in the default path, call overhead
-   included: milliseconds of the copy and ratios of each rounding mode.
+   included: milliseconds of the copy and the ratios of each rounding.
 
-Every candidate's time includes fetching the result (`.numpy()`, which on
-CPU shares the buffer), so the time of the output allocation counts for all.
+A call is timed until it returns its result tensor; eager execution on CPU
+is synchronous, so the work is done by then. The result is not fetched with
+`.numpy()`, which would add a NumPy copy of the whole tensor to every
+candidate.
 
 Usage: python -m benchmarks.rounding [--size N] [--rounds R]
     [--layer_sizes 65536,262144,1048576]
@@ -42,7 +45,7 @@ flags.DEFINE_list("layer_sizes", ["65536", "262144", "1048576"],
 flags.DEFINE_float("round_seconds", 0.05,
                    "Layer-size table: calls per round are chosen to take about this long.")
 
-COLUMNS = ("copy", "-x", "tf.cast round trip", "rne", "trunc", "stochastic", "rne (code)")
+COLUMNS = ("copy", "tf.cast round trip", "rne", "trunc", "stochastic", "rne (code)")
 ROWS = (
     ("default path", dict(jit=False, inner_xla=True)),
     ("no XLA anywhere", dict(jit=False, inner_xla=False)),
@@ -50,11 +53,10 @@ ROWS = (
 )
 
 
-def _ops(code):
+def _ops(code, one):
     """The timed ops, by column name (plain functions of x)."""
     ops = {
-        "copy": lambda x: x * 1.0,
-        "-x": lambda x: -x,
+        "copy": lambda x: x * one,
         "tf.cast round trip": lambda x: tf.cast(tf.cast(x, tf.bfloat16), tf.float32),
     }
     for mode in tfbf16.ROUNDINGS:
@@ -63,7 +65,7 @@ def _ops(code):
     return ops
 
 
-def traced_candidates(x, code, *, jit, inner_xla, columns=COLUMNS, prefix=""):
+def traced_candidates(x, variables, *, jit, inner_xla, columns=COLUMNS, prefix=""):
     """Zero-argument callables, one per column, traced for one setting.
 
     `set_xla_rounding` is read when a function is traced, so every function
@@ -73,55 +75,70 @@ def traced_candidates(x, code, *, jit, inner_xla, columns=COLUMNS, prefix=""):
     try:
         made = {}
         for name in columns:
-            fn = tf.function(_ops(code)[name], jit_compile=jit, autograph=False)
-            fn(x).numpy()  # trace and compile now, under this setting
-            made[prefix + name] = (lambda f: lambda: f(x).numpy())(fn)
+            fn = tf.function(_ops(*variables)[name], jit_compile=jit, autograph=False)
+            fn(x)  # trace and compile now, under this setting
+            made[prefix + name] = (lambda f: lambda: f(x))(fn)
         return made
     finally:
         rounding_lib.set_xla_rounding(True)
 
 
+def _variables():
+    """The runtime rounding code (rne) and the copy's factor 1.0."""
+    return (tf.Variable(rounding_lib.rounding_code("rne"), dtype=tf.int32),
+            tf.Variable(1.0, dtype=tf.float32))
+
+
+def _table(results, rows, columns, *, cpu, row_format):
+    """Rows of: the copy's ms, then each column's median ratio to the copy."""
+    kind = "process CPU time" if cpu else "wall time"
+    lines = [f"  {kind:<22}{'copy ms':>10}" + "".join(f"{c:>20}" for c in columns[1:])]
+    for row in rows:
+        copy = results[f"{row}/copy"]
+        ms = (copy.cpu_median if cpu else copy.median) * 1e3
+        cells = "".join(f"{results[f'{row}/{c}'].ratio_to(copy, cpu=cpu):>19.2f}x"
+                        for c in columns[1:])
+        lines.append(f"    {row_format(row):<20}{ms:>10.3f}{cells}")
+    return lines
+
+
 def large_tensor_table(size, rounds):
     x = tf.random.normal([size], dtype=tf.float32, seed=1)
-    code = tf.Variable(rounding_lib.rounding_code("rne"), dtype=tf.int32)
     candidates = {}
     for row, setting in ROWS:
-        candidates.update(traced_candidates(x, code, prefix=f"{row}/", **setting))
+        candidates.update(traced_candidates(x, _variables(), prefix=f"{row}/", **setting))
     results = timing.interleave(candidates, rounds=rounds)
     lines = [f"{size:,} float32 elements; ratio to the copy of the same row "
-             f"(median of {rounds} interleaved rounds)",
-             f"  {'':<20}{'copy ms':>9}" + "".join(f"{c:>20}" for c in COLUMNS[1:])]
-    for row, _ in ROWS:
-        copy = results[f"{row}/copy"]
-        cells = "".join(f"{results[f'{row}/{c}'].ratio_to(copy):>19.2f}x" for c in COLUMNS[1:])
-        lines.append(f"  {row:<20}{copy.median_ms:>9.2f}{cells}")
+             f"(median of {rounds} interleaved rounds)"]
+    rows = [row for row, _ in ROWS]
+    for cpu in (False, True):
+        lines += _table(results, rows, COLUMNS, cpu=cpu, row_format=str)
     return "\n".join(lines)
 
 
 def layer_size_table(sizes, rounds, round_seconds):
     columns = ("copy", "rne", "trunc", "stochastic", "rne (code)")
-    code = tf.Variable(rounding_lib.rounding_code("rne"), dtype=tf.int32)
+    variables = _variables()
     candidates, calls = {}, {}
     for size in sizes:
         x = tf.random.normal([size], dtype=tf.float32, seed=2)
-        made = traced_candidates(x, code, jit=False, inner_xla=True, columns=columns,
+        made = traced_candidates(x, variables, jit=False, inner_xla=True, columns=columns,
                                  prefix=f"{size}/")
         candidates.update(made)
         calls.update({name: timing.calls_for(fn, round_seconds) for name, fn in made.items()})
     results = timing.interleave(candidates, rounds=rounds, calls=calls)
     lines = [f"Layer-sized tensors, default path (call overhead included); ratio to the "
-             f"copy (median of {rounds} interleaved rounds)",
-             f"  {'elements':>10}{'copy ms':>10}" + "".join(f"{c:>14}" for c in columns[1:])]
-    for size in sizes:
-        copy = results[f"{size}/copy"]
-        cells = "".join(f"{results[f'{size}/{c}'].ratio_to(copy):>13.2f}x" for c in columns[1:])
-        lines.append(f"  {size:>10,}{copy.median_ms:>10.3f}{cells}")
+             f"copy (median of {rounds} interleaved rounds)"]
+    for cpu in (False, True):
+        lines += _table(results, sizes, columns, cpu=cpu,
+                        row_format=lambda size: f"{size:,} elements")
     return "\n".join(lines)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    tf.get_logger().setLevel("ERROR")  # retracing notes: each candidate is traced once
     print(f"load average at start: {timing.machine_load()}")
     print(large_tensor_table(FLAGS.size, FLAGS.rounds))
     sizes = [int(s) for s in FLAGS.layer_sizes]
