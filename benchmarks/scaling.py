@@ -99,7 +99,9 @@ def run_one_worker(model_dir, args):
 
 def run_two_workers(model_dir, args):
     """Two `recsys.train --strategy=multi_worker` processes; the chief's result."""
-    with LocalCluster(os.path.join(model_dir, "logs"), {"worker": 2}, "recsys.train",
+    # The logs go beside the run directory: recsys.train refuses a directory
+    # that holds files of an unknown run.
+    with LocalCluster(f"{model_dir}_logs", {"worker": 2}, "recsys.train",
                       ["--strategy=multi_worker", *args]) as job:
         codes = job.wait(job.tasks, timeout=_TIMEOUT)
     if codes != [0, 0]:

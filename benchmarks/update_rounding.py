@@ -235,7 +235,9 @@ def _format_table(task, results):
     for label, _, _ in CONFIGS:
         final = results[label][1][-1]
         frozen = results[label][2]
-        if np.all(np.isfinite(final)):
+        if label == "FP32":
+            versus = "baseline"
+        elif np.all(np.isfinite(final)):
             diff = stats.paired_difference(final, fp32)
             versus = (f"{diff.mean:+.5f} ± {diff.half_width:.5f} "
                       f"({diff.mean / fp32.mean():+.1%})")
