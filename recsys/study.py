@@ -206,10 +206,13 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
         initial = None
         for precision in ordered:
             logging.info("Training %s, seed %d", precision, seed)
-            kind = precision_lib.Precision.parse(precision).trainer_kind
+            parsed = precision_lib.Precision.parse(precision)
+            rounding_seed = seed if trainer.needs_rounding_seed(parsed, distribution) else None
+            kind = (parsed.trainer_kind, rounding_seed)
             if kind not in trainers:
                 trainers[kind] = trainer.Trainer(model_config, bundle.vocab_sizes,
-                                                 train_config, precision, distribution)
+                                                 train_config, precision, distribution,
+                                                 rounding_seed)
             if initial is None:
                 initial = trainers[kind].initial_weights(seed)
             result = trainers[kind].run(

@@ -87,8 +87,10 @@ def run(bundle, data_config, model_config, train_config, *, precision, seed, mod
     precision, distribution).run(bundle, data_config, ...)`; see
     `Trainer.run` for the arguments and the result.
     """
+    distribution = distribution or distribute.make_distribution("default")
+    rounding_seed = seed if needs_rounding_seed(Precision.parse(precision), distribution) else None
     return Trainer(model_config, bundle.vocab_sizes, train_config, precision,
-                   distribution).run(
+                   distribution, rounding_seed).run(
         bundle, data_config, precision=precision, seed=seed, model_dir=model_dir,
         initial_weights=initial_weights, callbacks=callbacks, verbose=verbose,
         overwrite=overwrite)
@@ -118,6 +120,9 @@ class Trainer:
             strategy); the model, optimizer and steps are built in its
             scope, and `run` then needs a bundle made for it
             (`batches.make_bundle(data_config, distribution)`).
+        rounding_seed: for stochastic BF16 weight updates under several
+            replicas, the run seed the optimizer's rounding is seeded with
+            (see `needs_rounding_seed`); None otherwise.
 
     Raises:
         ValueError: for settings the strategy does not support.
@@ -131,11 +136,16 @@ class Trainer:
     """
 
     def __init__(self, model_config, vocab_sizes, train_config, precision,
-                 distribution=None):
+                 distribution=None, rounding_seed=None):
         precision = Precision.parse(precision)
         if distribution is None:
             distribution = distribute.make_distribution("default")
         _check_supported(precision, train_config, distribution)
+        if rounding_seed is None and needs_rounding_seed(precision, distribution):
+            raise ValueError(
+                f"{precision.name} under {distribution.num_replicas} replicas needs a "
+                "rounding_seed, so that every replica draws the same random bits.")
+        self.rounding_seed = rounding_seed
         self.model_config = model_config
         self.train_config = train_config
         self.vocab_sizes = list(vocab_sizes)
@@ -144,8 +154,10 @@ class Trainer:
         with distribution.strategy.scope():
             self.fp32_model = model_lib.build_from_config(model_config, self.vocab_sizes)
             self.model = precision.apply(self.fp32_model)
-            self.optimizer = precision.optimizer(tf.keras.optimizers.Adam(
-                learning_rate=train_step_lib.learning_rate_of(train_config)))
+            self.optimizer = precision.optimizer(
+                tf.keras.optimizers.Adam(
+                    learning_rate=train_step_lib.learning_rate_of(train_config)),
+                seed=rounding_seed)
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.train_step = train_step_lib.make_train_step(
@@ -276,6 +288,9 @@ class Trainer:
                 another identity and `overwrite` is False.
         """
         precision = Precision.parse(precision)
+        if self.rounding_seed is not None and seed != self.rounding_seed:
+            raise ValueError(f"This Trainer's stochastic weight updates are seeded for seed "
+                             f"{self.rounding_seed}, not {seed}; build another Trainer.")
         _check_bundle(bundle, self.distribution)
         directory = run_dir_lib.RunDirectory(
             model_dir, self.identity(bundle, data_config, precision, seed),
@@ -300,18 +315,29 @@ def _weights_sha256(values):
     return digest.hexdigest()
 
 
+def needs_rounding_seed(precision, distribution):
+    """Whether stochastic BF16 weight updates need an explicit seed here.
+
+    With one replica they follow TensorFlow's global seed (set per run); every
+    replica of a multi-replica strategy must draw the same bits, so there the
+    seed is fixed when the optimizer is built: one `Trainer` per run seed.
+    """
+    return (precision.weights == "bf16" and precision.update_rounding == "stochastic"
+            and distribution.num_replicas > 1)
+
+
 def _check_supported(precision, train_config, distribution):
     """Raises ValueError for what a strategy cannot run, saying what to change."""
     if distribution.is_server_only:
         raise ValueError(f"This process is a {distribution.task_type} task of a "
                          "parameter-server cluster: it serves, it does not train.")
     multi = distribution.num_replicas > 1 or distribution.uses_coordinator
-    if multi and precision.weights == "bf16":
+    if distribution.uses_coordinator and precision.weights == "bf16":
         raise ValueError(
             f"BF16 weights ({precision.name}) are not supported under the "
-            f"{distribution.name} strategy with {distribution.num_replicas} "
-            "replicas (tfbf16.optimizers.BF16Weights is single-replica); use "
-            "--weights_precision=fp32 or --strategy=default.")
+            f"{distribution.name} strategy (tfbf16.optimizers.BF16Weights runs under no "
+            "strategy, mirrored and multi_worker); use --weights_precision=fp32 or another "
+            "--strategy.")
     if multi and train_config.monitor_every:
         raise ValueError(
             "--monitor_every (tfbf16.callbacks.PrecisionMonitor) is not supported "

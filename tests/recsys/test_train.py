@@ -1,7 +1,6 @@
 """Training runs: the train CLI, flag validation, checkpoints and resuming."""
 
 import dataclasses
-import glob
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import tensorflow as tf
 import tfbf16
 
 from tfbf16.study.runs import RunMismatchError
+from tfbf16.utils import tensorboard
 
 from recsys import batches
 from recsys import config
@@ -102,15 +102,8 @@ def test_flag_definitions_do_not_import_tensorflow():
 
 def _events(directory):
     """{tag: [(step, value)]} of the scalar event files in `directory`."""
-    found = {}
-    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                array = tf.make_ndarray(value.tensor)
-                if array.ndim:  # a histogram
-                    continue
-                found.setdefault(value.tag, []).append((event.step, float(array)))
-    return found
+    return {tag: [(step, float(value)) for step, _, value in events if value.ndim == 0]
+            for tag, events in tensorboard.read_events(directory).items()}
 
 
 def _run_cli(*args):

@@ -155,12 +155,20 @@ class Precision:
             return model
         return tfbf16.wrap(model, rounding=self.compute)
 
-    def optimizer(self, inner):
+    def optimizer(self, inner, seed=None):
         """`inner` for FP32 weights, else `tfbf16.optimizers.BF16Weights`
-        around it, storing the weights it updates in BF16."""
+        around it, storing the weights it updates in BF16.
+
+        Args:
+            inner: the Keras optimizer that computes the updates.
+            seed: the stochastic update rounding's seed (None: TensorFlow's
+                global random state; a seed is needed under several
+                replicas, so that every replica draws the same bits).
+        """
         if self.weights == "fp32":
             return inner
-        return tfbf16.optimizers.BF16Weights(inner, update_rounding=self.update_rounding)
+        return tfbf16.optimizers.BF16Weights(inner, update_rounding=self.update_rounding,
+                                             seed=seed)
 
 
 def expand(compute_precisions, weights_precisions=("fp32",), update_roundings=None):
