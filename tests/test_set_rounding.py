@@ -53,14 +53,43 @@ def test_set_rounding_of_named_layers_and_summary(K):
         tfbf16.set_rounding(wrapped, "round_up")
 
 
-def test_rounding_survives_save_and_reload(tmp_path):
-    _, wrapped = _models(keras)
+@pytest.mark.parametrize(
+    "K, fmt",
+    [(keras, "keras"), (tf_keras, "keras"), (tf_keras, "h5"), (tf_keras, "tf")],
+    ids=["keras3-keras", "tf_keras-keras", "tf_keras-h5", "tf_keras-savedmodel"],
+)
+def test_rounding_in_force_survives_save_and_reload(tmp_path, K, fmt):
+    _, wrapped = _models(K)
     tfbf16.set_rounding(wrapped, "trunc", layers=["first"])
+    tfbf16.set_rounding(wrapped, "fp32", grad_rounding="rne", layers=["last"])
     x = np.random.default_rng(1).normal(size=(4, 8)).astype("float32")
     expected = wrapped(x).numpy()
-    wrapped.save(tmp_path / "m.keras")
-    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    path = str(tmp_path / ("m" if fmt == "tf" else f"m.{fmt}"))
+    if fmt == "tf":
+        wrapped.save(path, save_format="tf")
+    else:
+        wrapped.save(path)
+    reloaded = K.models.load_model(path)
     np.testing.assert_array_equal(reloaded(x).numpy(), expected)
     from tfbf16.summary import summary_rows
 
-    assert [r["rounding"] for r in summary_rows(reloaded)] == ["trunc (grad: trunc)", "rne (grad: rne)"]
+    assert [r["rounding"] for r in summary_rows(reloaded)] == [
+        "trunc (grad: trunc)", "fp32 (grad: rne)"]
+    # The rounding is no weight of the model (nor of the reloaded one).
+    assert len(reloaded.weights) == len(wrapped.weights) == 4
+    # And it still switches without retracing after the reload.
+    tfbf16.set_rounding(reloaded, "rne")
+    assert not np.array_equal(reloaded(x).numpy(), expected)
+
+
+@pytest.mark.parametrize("K", [keras, tf_keras], ids=["keras3", "tf_keras"])
+def test_rounding_state_is_no_weight(K):
+    model, wrapped = _models(K)
+    assert [id(v) for v in wrapped.weights] == [id(v) for v in model.weights]
+    layer = wrapped.layers[0]
+    assert isinstance(layer.rounding_code, tf.Variable)
+    assert layer.rounding_code.dtype == tf.int32
+    backend = tfbf16.backends.backend_of(wrapped)
+    held = {id(backend.tf_variable(v)) for v in wrapped.variables}
+    assert id(layer.rounding_code) not in held and id(layer.grad_rounding_code) not in held
+    assert layer.current_rounding() == ("rne", "rne")

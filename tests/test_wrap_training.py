@@ -1,5 +1,9 @@
-"""Training wrapped models: custom loops, XLA, MirroredStrategy, masks,
-`training=` flags, native bfloat16 mode and the hardware probe."""
+"""Training wrapped models: custom loops, XLA, MirroredStrategy, concurrent
+calls from several threads, masks, `training=` flags, native bfloat16 mode and
+the hardware probe."""
+
+import threading
+import zlib
 
 import keras
 import numpy as np
@@ -174,6 +178,103 @@ def test_mirrored_strategy_fit(flavour):
     np.testing.assert_allclose(history, single_history.history["loss"], rtol=1e-3)
     for a, b in zip(model.trainable_weights, single.trainable_weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
+
+
+# ---------------------------------------------------------------- concurrency
+
+# name -> (factory(K), input shapes): layers whose emulation reaches inside
+# (GRU: tfbf16's step and the bypass of the fused kernel; MultiHeadAttention:
+# projections, attention einsums and softmax; tf_keras: weight attributes).
+CONCURRENT_LAYERS = {
+    "GRU": (lambda K: K.layers.GRU(3, return_sequences=True), [(2, 4, 5)]),
+    "MultiHeadAttention": (lambda K: K.layers.MultiHeadAttention(2, 4), [(2, 3, 8), (2, 5, 8)]),
+}
+
+
+def _concurrent_layer(K, name):
+    factory, shapes = CONCURRENT_LAYERS[name]
+    K.utils.set_random_seed(zlib.crc32(name.encode()))
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    inputs = [tf.constant(not_bf16(rng, shape)) for shape in shapes]
+    layer = factory(K)
+    layer(*inputs)
+    return layer, inputs
+
+
+def _run_together(jobs):
+    """Runs the callables in threads released at once; returns their results."""
+    barrier = threading.Barrier(len(jobs))
+    results, errors = [None] * len(jobs), []
+
+    def run(index, job):
+        try:
+            barrier.wait()
+            results[index] = np.asarray(job())
+        except Exception as error:  # noqa: BLE001  re-raised below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+@pytest.mark.parametrize("name", sorted(CONCURRENT_LAYERS))
+def test_concurrent_calls_of_one_wrapper_equal_single_threaded_ones(flavour, name):
+    """Threads tracing and running one wrapper, and its FP32 layer, at once."""
+    K = FLAVOURS[flavour]
+    layer, inputs = _concurrent_layer(K, name)
+    wrapper = tfbf16.BF16Wrapper(layer)
+    expected = {
+        "emulated eager": np.asarray(wrapper(*inputs)),
+        "fp32 eager": np.asarray(layer(*inputs)),
+        "emulated graph": np.asarray(tf.function(lambda *t: wrapper(*t))(*inputs)),
+        "fp32 graph": np.asarray(tf.function(lambda *t: layer(*t))(*inputs)),
+    }
+    assert not np.array_equal(expected["emulated eager"], expected["fp32 eager"])
+
+    def job(kind):
+        if kind.endswith("graph"):  # a fresh function: traced in the thread
+            target = wrapper if kind.startswith("emulated") else layer
+            return lambda: tf.function(lambda *t: target(*t))(*inputs)
+        return lambda: (wrapper if kind.startswith("emulated") else layer)(*inputs)
+
+    kinds = ["emulated graph", "emulated graph", "fp32 graph", "emulated eager",
+             "fp32 eager", "emulated eager"]
+    for _ in range(2):
+        for kind, result in zip(kinds, _run_together([job(k) for k in kinds])):
+            assert_bits_equal(result, expected[kind], f"{kind} in a thread")
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_mirrored_replicas_run_one_wrapper_like_a_single_device(flavour):
+    K = FLAVOURS[flavour]
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        layer, _ = _concurrent_layer(K, "GRU")
+        wrapper = tfbf16.BF16Wrapper(layer)
+    x = tf.constant(not_bf16(np.random.default_rng(17), (4, 4, 5)))
+
+    def step(t):
+        return wrapper(t), layer(t)
+
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda context: x[2 * context.replica_id_in_sync_group:][:2]
+    )
+    emulated, fp32 = tf.function(lambda v: strategy.run(step, args=(v,)))(per_replica)
+    single = tf.function(step)
+    for replica, (e, f) in enumerate(zip(strategy.experimental_local_results(emulated),
+                                         strategy.experimental_local_results(fp32))):
+        expected_e, expected_f = single(x[2 * replica:][:2])
+        assert_bits_equal(e, expected_e, f"replica {replica}, emulated")
+        assert_bits_equal(f, expected_f, f"replica {replica}, FP32")
+        assert not np.array_equal(np.asarray(e), np.asarray(f))
 
 
 # ---------------------------------------------------------------- masks, training=

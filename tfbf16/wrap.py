@@ -1,6 +1,7 @@
 """`tfbf16.wrap` and `tfbf16.unwrap`: BF16 emulation for a whole model."""
 
 import warnings
+import weakref
 
 from tfbf16.backends import registry
 from tfbf16.emulation import kinds
@@ -8,9 +9,10 @@ from tfbf16.policy import WRAP_ROUNDINGS, BF16Policy
 from tfbf16.rounding import check_rounding
 from tfbf16.wrapper_base import BF16Wrapper, check_native_rounding
 
-# Attribute on a subclassed model or custom layer whose sublayers were wrapped
-# in place: {attribute name: original value}, used by unwrap.
-_REPLACED = "_tfbf16_replaced_attributes"
+# Subclassed models and custom layers whose sublayers were wrapped in place:
+# {container: {attribute name: original value}}, used by unwrap. (Kept out of
+# the containers themselves, where Keras' saving code would find it.)
+_replaced = weakref.WeakKeyDictionary()
 # How many layer names an error message lists.
 _NAMES_SHOWN = 8
 
@@ -196,8 +198,11 @@ class _ModelWrapper:
             if changed:
                 replaced[name] = value
                 object.__setattr__(container, name, new_value)
+                for old, new in zip(value if isinstance(value, list) else [value],
+                                    new_value if isinstance(new_value, list) else [new_value]):
+                    self.backend.replace_tracked_layer(container, old, new)
         if replaced:
-            object.__setattr__(container, _REPLACED, replaced)
+            _replaced[container] = replaced
         return container
 
     def warn_unsupported(self):
@@ -277,20 +282,21 @@ def _unwrap_any(backend, model):
         new = backend.clone_model(model, clone_function=lambda l: _unwrap_any(backend, l))
         backend.compile_like(new, model)
         return new
-    replaced = vars(model).get(_REPLACED)
+    replaced = _replaced.pop(model, None)
     if replaced:
         for name, value in replaced.items():
             current = vars(model)[name]
-            for inner in current if isinstance(current, list) else [current]:
-                _unwrap_any(backend, inner)
+            for wrapped, original in zip(current if isinstance(current, list) else [current],
+                                         value if isinstance(value, list) else [value]):
+                _unwrap_any(backend, wrapped)
+                backend.replace_tracked_layer(model, wrapped, original)
             object.__setattr__(model, name, value)
-        object.__delattr__(model, _REPLACED)
     return model
 
 
 def _is_wrapped(model):
     return any(
-        isinstance(layer, BF16Wrapper) or _REPLACED in vars(layer)
+        isinstance(layer, BF16Wrapper) or layer in _replaced
         for _, layer in iter_layers(model)
     )
 

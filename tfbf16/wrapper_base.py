@@ -119,6 +119,8 @@ class EmulatedCallMixin:
         super().__init__(layer, **kwargs)
         self._init_emulation(layer, rounding, grad_rounding, settings, rounding_in_force)
         self.supports_masking = layer.supports_masking
+        if layer.built:  # the wrapper has nothing of its own to build
+            self.built = True
 
     def _init_emulation(self, layer, rounding, grad_rounding, settings, rounding_in_force):
         if isinstance(layer, BF16Wrapper):

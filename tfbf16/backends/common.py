@@ -99,6 +99,21 @@ class KerasBackend(registry.Backend):
                 found.append((name, list(value)))
         return found
 
+    #: The attribute of a layer that lists the sublayers Keras tracks.
+    _tracked_layers_attribute = None
+
+    def replace_tracked_layer(self, container, old, new):
+        """Puts `new` where `container` tracks its sublayer `old` (same place).
+
+        After an attribute of a custom layer or subclassed model is pointed
+        at a wrapper, this makes `container.layers` (and what Keras' saving
+        code walks) list the wrapper instead of the layer it wraps.
+        """
+        tracked = getattr(container, self._tracked_layers_attribute)
+        for index, layer in enumerate(tracked):
+            if layer is old:
+                tracked[index] = new
+
     def tf_variable(self, variable):
         """The `tf.Variable` behind a variable of this Keras."""
         return variable
@@ -196,6 +211,9 @@ class KerasBackend(registry.Backend):
 class PresentsInnerLayer:
     """Presents a wrapper to Keras' saving code and TF checkpoints as its layer.
 
+    The wrapper also answers for the inner layer's public attributes it has
+    none of its own for (`wrapper.kernel` is the layer's kernel).
+
     A Keras wrapper normally adds a level to every saved path ("dense/layer/
     kernel"); the plain model has none ("dense/kernel"). This mixin makes the
     wrapper's own saved state its inner layer's own variables, its saved
@@ -229,10 +247,16 @@ class PresentsInnerLayer:
 
     def __getattr__(self, name):
         # Only for names that normal lookup does not find: the inner layer's
-        # saved children, as listed by the last `dir()`.
+        # public attributes (`wrapper.kernel`, and what Keras' loading code
+        # reads from a layer of the class the wrapper is named after, e.g.
+        # `forward_layer` of a Bidirectional) and its saved children as
+        # listed by the last `dir()`.
         state = vars(self)
-        if name in state.get("_tfbf16_saved_children", ()) and "layer" in state:
-            return getattr(state["layer"], name)
+        layer = state.get("layer")
+        if layer is not None and (
+            not name.startswith("_") or name in state.get("_tfbf16_saved_children", ())
+        ):
+            return getattr(layer, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):

@@ -35,6 +35,7 @@ class Keras3Backend(common.KerasBackend):
 
     name = "keras3"
     keras = keras
+    _tracked_layers_attribute = "_layers"
     gru_ops = GRUOps(
         matmul=keras.ops.matmul, add_bias=keras.ops.add, dropout_masks=_gru_dropout_masks
     )

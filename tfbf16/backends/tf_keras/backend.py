@@ -59,6 +59,7 @@ class TfKerasBackend(common.KerasBackend):
 
     name = "tf_keras"
     keras = tf_keras
+    _tracked_layers_attribute = "_self_tracked_trackables"
     gru_ops = GRUOps(
         matmul=tf_keras.backend.dot, add_bias=tf_keras.backend.bias_add,
         dropout_masks=_gru_dropout_masks,
