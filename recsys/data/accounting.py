@@ -95,18 +95,22 @@ def window_rows(elements, skip=0, take=None):
         rows, event, message = element
         n = tf.shape(tf.nest.flatten(rows)[0], out_type=tf.int64)[0]
         position = start + tf.range(n, dtype=tf.int64)
-        if not whole:
-            keep = (position >= skip) & (position < end)
-            rows = tf.nest.map_structure(lambda t: tf.boolean_mask(t, keep), rows)
-            position = tf.boolean_mask(position, keep)
+        if whole:
+            return start + n, (position + 1, rows, event, message)
+        keep = (position >= skip) & (position < end)
+        rows = tf.nest.map_structure(lambda t: tf.boolean_mask(t, keep), rows)
+        position = tf.boolean_mask(position, keep)
         return start + n, (start, position - skip + 1, rows, event, message)
 
+    # Each stage costs per element: the whole stream takes the scan alone.
     windowed = elements.scan(tf.constant(0, tf.int64), step)
-    if take is not None:
-        windowed = windowed.take_while(_not_convert(lambda start, *_: start < end))
-    windowed = windowed.filter(_not_convert(
-        lambda _, position, rows, event, message: (tf.size(position) > 0) | (event != ROWS)))
-    windowed = windowed.map(_not_convert(lambda _, *element: element))
+    if not whole:
+        if take is not None:
+            windowed = windowed.take_while(_not_convert(lambda start, *_: start < end))
+        windowed = windowed.filter(_not_convert(
+            lambda _, position, rows, event, message: (tf.size(position) > 0)
+            | (event != ROWS)))
+        windowed = windowed.map(_not_convert(lambda _, *element: element))
     no_rows = tf.nest.map_structure(
         lambda spec: tf.zeros([0] + spec.shape[1:].as_list(), spec.dtype),
         windowed.element_spec[1])
@@ -170,6 +174,7 @@ class SplitCounter:
                 on a malformed unit in strict mode, when the malformed
                 fraction is too high, or when a whole split was malformed.
         """
+        drops = malformed is not None or header is not None
         n = tf.size(position)
         no = tf.zeros([n], tf.bool)
         malformed = no if malformed is None else malformed
@@ -191,34 +196,42 @@ class SplitCounter:
         ended = event == END
         self._complete.assign(self._complete.value() | ended)
 
-        # One check, so that the pipeline's function stays cheap to trace;
-        # the messages are scalars built from the counts.
         read, bad = self._read.value(), self._malformed.value()
         kept = read - bad - self._headers.value()
         too_many = tf.cast(bad, tf.float64) > self.max_malformed_fraction * tf.cast(
             read, tf.float64)
+        # (condition, message) in order of precedence; the messages are built
+        # only on failure, in one branch.
         failures = [
-            (event == READ_ERROR, message),
-            (ended & (read == 0), tf.constant(
+            (event == READ_ERROR, lambda: message),
+            (ended & (read == 0), lambda: tf.constant(
                 f"The {self.split} split is empty: no {self.unit} was read (an empty "
                 "file?). Check the input.")),
-            (ended & (read > 0) & (kept <= 0), tf.strings.join([
+            (ended & (read > 0) & (kept <= 0), lambda: tf.strings.join([
                 "Every one of the ", tf.strings.as_string(read),
                 f" {self.unit}s read for the {self.split} split is malformed (or a "
                 "header line); the first malformed one: ", self._first.value(),
                 ". Is the input really in this format?"])),
             ((ended | (read >= self.check_after)) & too_many,
-             self._too_many_message(read, bad)),
+             lambda: self._too_many_message(read, bad)),
         ]
         if self.strict and describe is not None:
-            failures.insert(1, (tf.reduce_any(malformed), tf.strings.join([
+            failures.insert(1, (tf.reduce_any(malformed), lambda: tf.strings.join([
                 f"Malformed {self.what} ", describe(first_of(malformed)),
                 ". Fix or delete the line, or pass strict=False (no --strict) to "
                 "skip and count malformed lines."])))
-        failed, text = tf.constant(False), tf.constant("")
-        for condition, failure in reversed(failures):  # the first listed wins
-            failed, text = failed | condition, tf.where(condition, failure, text)
-        tf.debugging.Assert(~failed, [text])
+
+        def fail():
+            text = tf.constant("")
+            for condition, failure in reversed(failures):  # the first listed wins
+                text = tf.where(condition, failure(), text)
+            tf.debugging.Assert(False, [text])
+            return tf.constant(False)
+
+        failed = tf.reduce_any(tf.stack([condition for condition, _ in failures]))
+        tf.cond(failed, fail, lambda: tf.constant(True))
+        if not drops:
+            return rows
         keep = ~(malformed | header)
         return tf.nest.map_structure(lambda t: tf.boolean_mask(t, keep), rows)
 

@@ -274,3 +274,10 @@ def test_unreadable_file_is_refused_up_front(tmp_path):
 def test_criteo_pipelines_run_python_code():
     assert not bundle_of(SAMPLE).remote_readable
     assert make_datasets("synthetic", batch_size=8, eval_rows=8).remote_readable
+
+
+def test_endless_line_is_not_read_into_memory(tmp_path):
+    path = tmp_path / "binary.dat"
+    path.write_bytes(b"\0" * 10_000)
+    with pytest.raises(ValueError, match="a line longer than 4,096 bytes: is it a text file"):
+        list(textlines.newline_blocks(str(path), block_bytes=1024, max_line_bytes=4096))
