@@ -38,10 +38,10 @@ def make_bundle(data_config, distribution=None):
     kwargs = {}
     if dc.source == "synthetic":
         kwargs["vocab_scale"] = dc.vocab_scale
-    else:
+    if dc.source == "criteo":
         kwargs.update(strict=dc.strict, max_malformed_fraction=dc.max_malformed_fraction)
-    if dc.source == "criteo" and dc.num_buckets is not None:
-        kwargs["num_buckets"] = dc.num_buckets
+        if dc.num_buckets is not None:
+            kwargs["num_buckets"] = dc.num_buckets
     shards, index = 1, 0
     if distribution is not None and not distribution.uses_coordinator:
         shards, index = (distribution.num_input_pipelines,

@@ -30,6 +30,8 @@ DATA_SOURCES = ("synthetic", "criteo", "tfrecord")
 STRUCTURES = ("stacked", "parallel")
 LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server", "tpu")
+#: Default largest fraction of malformed lines of a split (more stops the run).
+MAX_MALFORMED_FRACTION = 0.01
 #: Parameter-server sharding: tables above this size are split into shards of
 #: at least this many bytes, at most one per parameter server.
 MIN_SHARD_BYTES = 8 << 20
@@ -108,7 +110,7 @@ class DataConfig:
         False, "Stop at the first malformed input line, naming its file, line and "
         "what is wrong with it.", identity=False)
     max_malformed_fraction: float = setting(
-        0.01, "Stop when more than this fraction of the lines read from a split is "
+        MAX_MALFORMED_FRACTION, "Stop when more than this fraction of the lines read from a split is "
         "malformed (they are skipped, counted and reported below it).",
         lower_bound=0.0, identity=False)
 
@@ -119,6 +121,14 @@ class DataConfig:
         if not self.max_malformed_fraction <= 1:
             raise ValueError("--max_malformed_fraction is a fraction of the lines "
                              f"read, at most 1; got {self.max_malformed_fraction!r}.")
+        if self.source != "criteo" and (
+                self.strict or self.max_malformed_fraction != MAX_MALFORMED_FRACTION):
+            checked = (" (prepared TFRecords were checked when recsys.prepare wrote them)"
+                       if self.source == "tfrecord" else "")
+            raise ValueError("--strict and --max_malformed_fraction apply to the lines of "
+                             f"--data=criteo, not --data={self.source}{checked}.")
+        if self.source != "criteo" and self.num_buckets is not None:
+            raise ValueError(f"--num_buckets applies to --data=criteo, not --data={self.source}.")
         if (self.source == "synthetic") == bool(self.data_path):
             raise ValueError(
                 "--data_path is required when --data is criteo or tfrecord, and not "

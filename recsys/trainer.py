@@ -353,6 +353,11 @@ def _check_supported(precision, train_config, distribution):
 
 def _check_bundle(bundle, distribution):
     """Raises ValueError if `bundle` was not made for `distribution`."""
+    if distribution.uses_coordinator and not bundle.remote_readable:
+        raise ValueError(
+            "Parameter-server workers rebuild the input pipeline in their own processes, "
+            "and raw Criteo text is read by Python code of this process: prepare "
+            "TFRecords first (python -m recsys.prepare) and pass --data=tfrecord.")
     shards = bundle.shard.count if bundle.shard is not None else 1
     index = bundle.shard.index if bundle.shard is not None else 0
     wanted = (1, 0) if distribution.uses_coordinator else (

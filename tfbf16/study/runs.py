@@ -158,7 +158,10 @@ class RunDirectory:
             files.remove_temporary_files(self.path)
         existing = files.read_json(self.file(IDENTITY))
         if existing is None:
-            leftovers = [n for n in os.listdir(self.path)] if os.path.isdir(self.path) else []
+            if not self.writer:
+                return self  # the writer (another process) records it
+            leftovers = [n for n in os.listdir(self.path)
+                         if not n.startswith(files.TEMPORARY_PREFIX)]
             if leftovers:
                 raise RunMismatchError(
                     f"{self.path} holds files ({', '.join(sorted(leftovers)[:3])}) but no "
