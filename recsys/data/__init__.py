@@ -31,12 +31,13 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
+from recsys import config
 from recsys.data import accounting
 from recsys.data import criteo
 from recsys.data import synthetic
 from recsys.data import tfrecord
 
-SOURCES = ("synthetic", "criteo", "tfrecord")
+SOURCES = config.DATA_SOURCES
 # Batch size of the reads that feed `prepare_tfrecords` (any size gives the
 # same files).
 _PREPARE_BATCH = 4096

@@ -46,8 +46,10 @@ Example:
 
 import tensorflow as tf
 
+from recsys import config
+
 #: Default largest tolerated fraction of malformed units in a split.
-DEFAULT_MAX_MALFORMED_FRACTION = 0.01
+DEFAULT_MAX_MALFORMED_FRACTION = config.MAX_MALFORMED_FRACTION
 #: Units read before the fraction is checked block by block (one parse chunk).
 CHECK_AFTER = 4096
 
