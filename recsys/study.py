@@ -88,6 +88,10 @@ flags.DEFINE_float("threshold", 0.001, "Practically significant log-loss differe
 flags.DEFINE_float("confidence", stats.CONFIDENCE,
                    "Level of every confidence interval, strictly between 0 and 1.")
 flags.DEFINE_bool("progress", True, "Show a progress bar for each run.")
+flags.DEFINE_list("pairs", [],
+                  "Extra paired comparisons between two precisions of --precisions, as "
+                  "a:b for a − b (e.g. native:rne: does the emulation predict real "
+                  "bfloat16 hardware?).")
 flags.register_validator("threshold", lambda v: v > 0,
                          "--threshold must be > 0 (a log-loss difference, e.g. 0.001).")
 flags.register_validator("confidence", lambda v: 0 < v < 1,
@@ -134,7 +138,7 @@ def check_seeds(seeds):
 
 def run_study(data_config, model_config, train_config, *, precisions, seeds,
               output_dir, weights_precisions=("fp32",), update_roundings=None,
-              threshold=0.001, confidence=stats.CONFIDENCE, verbose=1,
+              threshold=0.001, confidence=stats.CONFIDENCE, pairs=(), verbose=1,
               distribution=None, memory_check=True, overwrite=False):
     """Trains every (precision, seed) pair and summarizes the comparison.
 
@@ -152,6 +156,8 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
             "rne").
         threshold: the practically significant log loss difference (> 0).
         confidence: the level of every interval.
+        pairs: extra paired comparisons `(a, b)` of two precisions (a − b),
+            reported under "pairs" in the results.
         verbose: 1 for a progress bar per run.
         distribution: a `recsys.distribute.Distribution` to train every run
             under (None: the default strategy); with several workers, each
@@ -178,6 +184,7 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
     # The baseline first, so that every seed's BF16 runs have their pair.
     ordered = check_precisions(precisions, weights_precisions, update_roundings)
     seeds = check_seeds(seeds)
+    pairs = check_pairs(pairs, ordered)
     metrics = metrics_for(threshold)
     stats.check_confidence(confidence)
     began = time.perf_counter()
@@ -243,11 +250,27 @@ def run_study(data_config, model_config, train_config, *, precisions, seeds,
             runs, precisions=ordered, seeds=seeds, metric=metrics[0],
             confidence=confidence),
         "convergence": convergence(runs, ordered, seeds, train_config, confidence),
+        "pairs": {f"{a} − {b}": summary_lib.summarize(
+            runs, precisions=[b, a], seeds=seeds, metrics=metrics, baseline=b,
+            confidence=confidence, pairing_within_seed=("initial_weights",),
+            pairing_everywhere=("eval_rows",))["precisions"][a] for a, b in pairs},
         "runtime_seconds": time.perf_counter() - began,
     }
     if distribution.is_chief:
         write_results(results, output_dir)
     return results
+
+
+def check_pairs(pairs, precisions):
+    """Validates extra pairs ("a:b" strings or (a, b) tuples); returns tuples."""
+    checked = []
+    for pair in pairs:
+        a, _, b = pair.partition(":") if isinstance(pair, str) else (pair[0], ":", pair[1])
+        if a not in precisions or b not in precisions or a == b:
+            raise ValueError(f"--pairs entry {pair!r} must name two different precisions of "
+                             f"--precisions ({', '.join(precisions)}) as a:b.")
+        checked.append((a, b))
+    return checked
 
 
 def convergence(runs, precisions, seeds, train_config, confidence):
@@ -331,6 +354,10 @@ def format_markdown(results):
     if loaded:
         runtime += (f" ({loaded} of {len(results['runs'])} runs were loaded from an "
                     "earlier invocation with the same settings and input, not trained)")
+    for name, cells in results.get("pairs", {}).items():
+        loss = cells["log_loss"]
+        lines += ["", f"Paired {name}: Δ eval log loss "
+                  f"{summary_lib.format_difference(loss['difference'], 5)}, {loss['verdict']}."]
     if results.get("convergence"):
         changes = "; ".join(
             f"{p} {summary_lib.format_difference(c['change'], 5)}"
@@ -376,11 +403,12 @@ def main(argv):
     precisions = check_precisions(FLAGS.precisions, FLAGS.weights_precision,
                                   FLAGS.update_rounding)
     seeds = check_seeds(FLAGS.seeds)
+    pairs = check_pairs(FLAGS.pairs, precisions)
     distribution = distribute.start(distribution_config)
     results = run_study(
         data_config, model_config, train_config, precisions=precisions, seeds=seeds,
         output_dir=FLAGS.output_dir, threshold=FLAGS.threshold,
-        confidence=FLAGS.confidence,
+        confidence=FLAGS.confidence, pairs=pairs,
         verbose=int(FLAGS.progress and distribution.is_chief),
         distribution=distribution, memory_check=FLAGS.memory_check,
         overwrite=FLAGS.overwrite)

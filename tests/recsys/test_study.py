@@ -28,7 +28,7 @@ def tiny_study(tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("study"))
     results = study.run_study(TINY_DATA, TINY_MODEL, TINY_TRAIN,
                               precisions=["fp32", "rne", "trunc"], seeds=[0, 1],
-                              output_dir=output_dir, verbose=0)
+                              output_dir=output_dir, verbose=0, pairs=["trunc:rne"])
     return output_dir, results
 
 
@@ -65,6 +65,12 @@ def test_study_writes_json_markdown_and_png(tiny_study):
     assert table[2].startswith("| fp32 | ") and "(baseline)" in table[2]
     assert table[3].startswith("| rne | ")
     assert "Input: train: " in markdown and "eval on 512 rows (requested 512)" in markdown
+    # The extra pair trunc − rne: paired by seed like the differences to FP32.
+    loss = {(r["precision"], r["seed"]): r["log_loss"] for r in results["runs"]}
+    pair = written["pairs"]["trunc − rne"]["log_loss"]["difference"]
+    assert pair["mean"] == pytest.approx(
+        np.mean([loss[("trunc", s)] - loss[("rne", s)] for s in (0, 1)]), abs=1e-15)
+    assert "Paired trunc − rne: Δ eval log loss" in markdown
     with open(os.path.join(output_dir, "study.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -143,6 +149,13 @@ def test_adding_seeds_with_changed_eval_rows_never_pairs_them(tmp_path):
 def test_precision_list_validation(precisions, message):
     with pytest.raises(ValueError, match=message):
         study.check_precisions(precisions)
+
+
+def test_pair_validation():
+    assert study.check_pairs(["native:rne"], ["fp32", "rne", "native"]) == [("native", "rne")]
+    for pair in ("native", "native:trunc", "rne:rne"):
+        with pytest.raises(ValueError, match="must name two different precisions"):
+            study.check_pairs([pair], ["fp32", "rne", "native"])
 
 
 def test_seed_list_validation():
