@@ -18,6 +18,9 @@ def test_atomic_write_replaces_whole_files_or_nothing(tmp_path):
     path = tmp_path / "results.json"
     files.write_json(path, {"log_loss": 0.44})
     assert files.read_json(path) == {"log_loss": 0.44}
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # as open() would make it
     with pytest.raises(RuntimeError, match="crash"):
         with files.atomic_write(path) as f:
             f.write('{"log_loss": 0.')

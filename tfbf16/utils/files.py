@@ -22,6 +22,13 @@ import tempfile
 TEMPORARY_PREFIX = ".tfbf16-tmp-"
 
 
+def _umask():
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _is_local(path):
     return "://" not in str(path)
 
@@ -57,6 +64,9 @@ def atomic_write(path, mode="w", encoding="utf-8"):
         directory = os.path.dirname(os.path.abspath(path))
         fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
         try:
+            # mkstemp makes the file private (0600); give it the mode that
+            # open() would: readable by others as the umask allows.
+            os.chmod(temporary, 0o666 & ~_umask())
             with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
                 yield f
                 f.flush()
