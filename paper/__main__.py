@@ -61,6 +61,7 @@ from absl import flags  # noqa: E402
 
 from paper import common  # noqa: E402
 from paper import suite  # noqa: E402
+from tfbf16.study import precision as precision_lib  # noqa: E402
 from tfbf16.utils import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -70,7 +71,7 @@ flags.DEFINE_list("experiments", list(suite.EXPERIMENTS),
 flags.DEFINE_list("seeds", [str(seed) for seed in suite.SEEDS],
                   "Seeds; each gives one paired run per precision (2 or more for intervals).")
 flags.DEFINE_list("precisions", list(common.PRECISIONS),
-                  f"Precisions, from {', '.join(common.ALL_PRECISIONS)}; must include fp32.")
+                  f"Precisions, from {', '.join(precision_lib.COMPUTE_PRECISIONS)}; must include fp32.")
 flags.DEFINE_float("steps", 1.0, "Multiplies every experiment's number of training steps.")
 flags.DEFINE_string("output_dir", "paper_output", "Where results.md/json and the plots go.")
 flags.DEFINE_enum("norm", "group", ["group", "batch", "none"],

@@ -21,34 +21,34 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import tfbf16
+from tfbf16.study import precision as precision_lib
 
 #: The precisions of the paper's comparison: FP32, and BF16 emulated with
 #: round-to-nearest-even or truncation.
 PRECISIONS = ("fp32", "rne", "trunc")
-#: Every precision an experiment accepts.
-ALL_PRECISIONS = ("fp32", "rne", "trunc", "stochastic", "native")
-PRECISION_LABELS = {
-    "fp32": "FP32", "rne": "BF16-RNE", "trunc": "BF16-TRUNC",
-    "stochastic": "BF16-SR", "native": "BF16-native",
-}
 
 
 def check_precisions(precisions):
-    precisions = list(precisions)
-    unknown = [p for p in precisions if p not in ALL_PRECISIONS]
-    if unknown:
-        raise ValueError(f"Unknown precisions {unknown}; choose from {ALL_PRECISIONS}.")
-    if "fp32" not in precisions:
-        raise ValueError("The precisions must include 'fp32', the baseline of the comparison.")
-    return precisions
+    """Validates the compute precisions of a run of the suite (the FP32 baseline
+    first); BF16 weights are not offered here (the experiments keep their own
+    FP32 optimizers)."""
+    parsed = precision_lib.expand(list(precisions))
+    stored = [p.name for p in parsed if p.weights != "fp32"]
+    if stored:
+        raise ValueError(f"The paper experiments compare compute precisions ("
+                         f"{', '.join(precision_lib.COMPUTE_PRECISIONS)}); BF16 weights "
+                         f"({', '.join(stored)}) are offered by recsys.study and tfbf16.compare.")
+    return [p.name for p in parsed]
 
 
 def wrap_for(model, precision):
     """`model` itself for "fp32", else `tfbf16.wrap(model, rounding=precision)`."""
-    if precision == "fp32":
-        return model
-    return tfbf16.wrap(model, rounding=precision)
+    return precision_lib.Precision.parse(precision).apply(model)
+
+
+def label(precision):
+    """A precision's name in tables and logs ("BF16-RNE")."""
+    return precision_lib.Precision.parse(precision).label
 
 
 @dataclasses.dataclass(frozen=True)

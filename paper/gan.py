@@ -288,7 +288,7 @@ class DCGANExperiment(common.Experiment):
     def grids(self, runs):
         """[(file name, title, grid image)]: the first seed's samples per precision."""
         return [(f"dcgan_samples_{precision}.png",
-                 f"DC-GAN samples, {common.PRECISION_LABELS[precision]} (seed {runs[precision][0].seed})",
+                 f"DC-GAN samples, {common.label(precision)} (seed {runs[precision][0].seed})",
                  image_grid(results[0].extras["samples"]))
                 for precision, results in runs.items()]
 
@@ -488,6 +488,6 @@ class SRGANExperiment(common.Experiment):
         rows = [tf.image.resize(first.extras["low"], [size, size], "nearest").numpy()]
         rows += [results[0].extras["sr"] for results in runs.values()]
         rows.append(first.extras["high"])
-        labels = ["input"] + [common.PRECISION_LABELS[p] for p in runs] + ["original"]
+        labels = ["input"] + [common.label(p) for p in runs] + ["original"]
         return [("srgan_samples.png", "SR-GAN 2x, rows: " + ", ".join(labels) + f" (seed {first.seed})",
                  image_grid(np.concatenate(rows), columns=len(first.extras["high"])))]

@@ -2,11 +2,12 @@
 
 One row per (experiment, metric): the mean over seeds under each precision,
 the mean paired difference of each BF16 precision to FP32 with the
-half-width of its 95% Student-t interval over seeds
-(`tfbf16.study.stats.paired_difference`: the per-seed differences are one
-sample, so the seed-to-seed variation that both runs of a seed share
-cancels), and the reference the metric is read against (e.g. bicubic
-upsampling for SR-GAN). Every file is written atomically.
+half-width of its 95% Student-t interval over seeds (the paired-seed study
+core, `tfbf16.study.summary`, that recsys.study and tfbf16.compare use too:
+the per-seed differences are one sample, so the seed-to-seed variation that
+both runs of a seed share cancels), and the reference the metric is read
+against (e.g. bicubic upsampling for SR-GAN). Every file is written
+atomically.
 """
 
 import dataclasses
@@ -17,7 +18,8 @@ import platform
 import numpy as np
 
 from paper import common
-from tfbf16.study import stats
+from tfbf16.study import plots
+from tfbf16.study import summary as summary_lib
 from tfbf16.utils import files
 
 
@@ -40,30 +42,39 @@ class ExperimentResult:
     seconds: float
 
 
+def experiment_summary(result, precisions):
+    """The `tfbf16.study.summary.summarize` dict of one experiment's runs."""
+    exp = result.experiment
+    runs = [{"precision": p, "seed": run.seed, **run.metrics}
+            for p in precisions for run in result.runs[p]]
+    metrics = [summary_lib.Metric(m.key, m.higher_is_better, label=m.label, digits=m.digits)
+               for m in exp.metrics]
+    return summary_lib.summarize(runs, precisions=precisions, seeds=result.seeds,
+                                 metrics=metrics), runs
+
+
 def summary_rows(results, precisions):
-    """The table rows as dicts (also what results.json's "table" holds)."""
+    """The table rows as dicts (also what results.json's "table" holds): one per
+    (experiment, metric), from the paired-seed study core."""
     rows = []
     for result in results:
         exp = result.experiment
+        summary, _ = experiment_summary(result, precisions)
         for metric in exp.metrics:
-            values = {p: [run.metrics[metric.key] for run in result.runs[p]] for p in precisions}
-            row = {
+            cells = {p: summary["precisions"][p][metric.key] for p in precisions}
+            rows.append({
                 "experiment": exp.name, "family": exp.family, "model": exp.model_name,
                 "metric": metric.label, "metric_key": metric.key,
                 "higher_is_better": metric.higher_is_better, "digits": metric.digits,
-                "seeds": list(result.seeds), "values": values,
+                "seeds": list(result.seeds),
+                "values": {p: [run.metrics[metric.key] for run in result.runs[p]]
+                           for p in precisions},
                 "references": [dataclasses.asdict(r) for r in result.references
                                if r.metric == metric.key],
-                "mean": {p: float(np.mean(v)) for p, v in values.items()},
-                "std": {p: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
-                        for p, v in values.items()},
-                "difference_to_fp32": {},
-            }
-            for p in precisions:
-                if p != "fp32":
-                    row["difference_to_fp32"][p] = stats.paired_difference(
-                        values[p], values["fp32"]).as_dict()
-            rows.append(row)
+                "mean": {p: cells[p]["mean"] for p in precisions},
+                "difference_to_fp32": {p: cells[p]["difference"] for p in precisions
+                                       if p != summary["baseline"]},
+            })
     return rows
 
 
@@ -89,17 +100,17 @@ def _references(row):
 
 def markdown_table(rows, precisions):
     """The Markdown table of `summary_rows`."""
-    labels = [common.PRECISION_LABELS[p] for p in precisions]
+    labels = [common.label(p) for p in precisions]
     bf16 = [p for p in precisions if p != "fp32"]
     header = (["Family", "Model", "Metric"] + labels
-              + [f"{common.PRECISION_LABELS[p].replace('BF16-', '')} \u2212 FP32 \u00b1 95% CI"
+              + [f"{common.label(p).replace('BF16-', '')} \u2212 FP32 \u00b1 95% CI"
                  for p in bf16]
               + ["Reference"])
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         arrow = "\u2191" if row["higher_is_better"] else "\u2193"
         cells = [row["family"], row["model"], f"{row['metric']} {arrow}"]
-        cells += [_number(row["mean"][p], row["digits"]) for p in precisions]
+        cells += [_number(row["mean"][p]["mean"], row["digits"]) for p in precisions]
         cells += [_difference(row["difference_to_fp32"][p], row["digits"]) for p in bf16]
         cells.append(_references(row))
         lines.append("| " + " | ".join(cells) + " |")
@@ -186,22 +197,15 @@ def write(results, precisions, output_dir, settings, total_seconds, total_cpu_se
 
 
 def _save(fig, path):
-    """Saves a matplotlib figure as PNG, atomically; returns the path."""
-    with files.atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
+    """Saves a figure as PNG, atomically (`tfbf16.study.plots`); returns the path."""
+    plots.save_figure(fig, path)
     return path
-
-
-_COLORS = {"fp32": "black", "rne": "tab:blue", "trunc": "tab:red", "stochastic": "tab:green",
-           "native": "tab:purple"}
 
 
 def write_plots(results, rows, precisions, output_dir):
     """Training curves per experiment, GAN image grids, paired differences."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
+    colors = plots.colors(precisions)
     paths = []
     for result in results:
         names = list(result.runs[precisions[0]][0].curves)
@@ -211,13 +215,13 @@ def write_plots(results, rows, precisions, output_dir):
                 series = [run.curves[name] for run in result.runs[p] if run.curves.get(name)]
                 for points in series:
                     steps, values = zip(*points)
-                    ax.plot(steps, values, color=_COLORS[p], alpha=0.25, linewidth=0.8)
+                    ax.plot(steps, values, color=colors[p], alpha=0.25, linewidth=0.8)
                 lengths = {len(s) for s in series}
                 if series and len(lengths) == 1:
                     steps = [s for s, _ in series[0]]
                     mean = np.mean([[v for _, v in s] for s in series], axis=0)
-                    ax.plot(steps, mean, color=_COLORS[p], linewidth=1.6,
-                            label=common.PRECISION_LABELS[p])
+                    ax.plot(steps, mean, color=colors[p], linewidth=1.6,
+                            label=common.label(p))
             ax.set_title(name)
             ax.set_xlabel("step")
             if "loss" in name or "entropy" in name:
@@ -230,7 +234,6 @@ def write_plots(results, rows, precisions, output_dir):
         fig.suptitle(f"{exp.model_name}: training (thin: seeds, thick: mean)", fontsize=10)
         fig.tight_layout()
         paths.append(_save(fig, os.path.join(output_dir, f"curves_{exp.name}.png")))
-        plt.close(fig)
         if hasattr(exp, "grids"):
             for file_name, title, grid in exp.grids(result.runs):
                 fig, ax = plt.subplots(figsize=(max(3.0, grid.shape[1] / 12), max(3.0, grid.shape[0] / 12) + 0.4))
@@ -240,28 +243,23 @@ def write_plots(results, rows, precisions, output_dir):
                 ax.axis("off")
                 fig.tight_layout()
                 paths.append(_save(fig, os.path.join(output_dir, file_name)))
-                plt.close(fig)
     bf16 = [p for p in precisions if p != "fp32"]
     if rows and bf16:
         columns = min(3, len(rows))
         lines = math.ceil(len(rows) / columns)
-        fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 2.4 * lines), squeeze=False)
+        fig, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 2.6 * lines),
+                                 squeeze=False)
         for ax in axes.flat[len(rows):]:
             ax.axis("off")
-        for ax, row in zip(axes.flat, rows):
-            for i, p in enumerate(bf16):
-                d = row["difference_to_fp32"][p]
-                error = None if d["n"] < 2 else [[d["mean"] - d["low"]], [d["high"] - d["mean"]]]
-                ax.errorbar([d["mean"]], [i], xerr=error, fmt="o", color=_COLORS[p], capsize=4)
-                for value, base in zip(row["values"][p], row["values"]["fp32"]):
-                    ax.plot([value - base], [i], "x", color=_COLORS[p], alpha=0.5)
-            ax.axvline(0.0, color="gray", linewidth=0.8)
-            ax.set_yticks(range(len(bf16)))
-            ax.set_yticklabels([common.PRECISION_LABELS[p] + " \u2212 FP32" for p in bf16], fontsize=8)
-            ax.set_ylim(-0.7, len(bf16) - 0.3)
-            ax.set_title(f"{row['experiment']}: {row['metric']}", fontsize=8)
-        fig.suptitle("Paired differences to FP32 (o: mean with 95% CI, x: seeds)", fontsize=10)
+        flat = iter(axes.flat)
+        for result in results:
+            summary, runs = experiment_summary(result, precisions)
+            for metric in summary["metrics"]:
+                ax = next(flat)
+                plots.plot_final_differences(ax, summary, runs, metric, horizontal=True)
+                ax.set_title(f"{result.experiment.name}: {metric['label']}", fontsize=8)
+        fig.suptitle("Paired differences to FP32 (o: mean with 95% CI, dots: seeds)",
+                     fontsize=10)
         fig.tight_layout()
         paths.append(_save(fig, os.path.join(output_dir, "paired_differences.png")))
-        plt.close(fig)
     return paths

@@ -79,7 +79,7 @@ def run_experiment(experiment, seeds, precisions, log=print):
             result = experiment.run(precision, seed, weights)
             runs[precision].append(result)
             values = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
-            log(f"[{experiment.name}] seed {seed} {common.PRECISION_LABELS[precision]:<11} "
+            log(f"[{experiment.name}] seed {seed} {common.label(precision):<11} "
                 f"{values}  ({result.seconds:.1f} s, CPU {result.cpu_seconds:.1f} s)")
     references = experiment.references()
     return report.ExperimentResult(experiment, list(seeds), runs, references, time.time() - start)

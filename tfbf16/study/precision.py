@@ -39,6 +39,7 @@ BASELINE = "fp32"
 #: Every compute precision: FP32, the emulated roundings, real bfloat16.
 COMPUTE_PRECISIONS = (BASELINE,) + EMULATED + ("native",)
 WEIGHTS_PRECISIONS = ("fp32", "bf16")
+_LABELS = {"fp32": "FP32", "stochastic": "BF16-SR", "native": "BF16-native"}
 DEFAULT_UPDATE_ROUNDING = "rne"
 
 _BF16_WEIGHTS = "+bf16w_"
@@ -139,6 +140,15 @@ class Precision:
         """What one `recsys.trainer.Trainer` can run: precisions of equal
         `trainer_kind` share a model, an optimizer and compiled steps."""
         return (self.compute_kind, self.weights, self.update_rounding)
+
+    @property
+    def label(self):
+        """The precision's name in tables and plots: "FP32", "BF16-RNE", ...,
+        "BF16-RNE + BF16 weights (kahan)"."""
+        compute = _LABELS.get(self.compute, f"BF16-{self.compute.upper()}")
+        if self.weights == "fp32":
+            return compute
+        return f"{compute} + BF16 weights ({self.update_rounding})"
 
     def describe(self):
         """A short human-readable description."""
