@@ -1,9 +1,10 @@
 """Speed, memory and correctness benchmarks of tfbf16 and the recsys pipeline.
 
 Programs (`python -m benchmarks.NAME --help`): `rounding`, `exhaustive_sweep`,
-`wrap_overhead`, `update_rounding`, `bf16_weights_tables`, `recsys_input`,
-`recsys_throughput`, `scaling`, `streaming_memory`. They define absl flags
-and `main` only; what they share lives in library modules without flags:
+`wrap_overhead`, `native_fidelity`, `update_rounding`, `bf16_weights_tables`,
+`recsys_input`, `recsys_throughput`, `scaling`, `streaming_memory`. They define
+absl flags and `main` only; what they share lives in library modules without
+flags:
 
 - `timing`: side-by-side timing of candidates in interleaved rounds;
 - `config_flags`: a benchmark's flags made from `recsys.config` fields;
