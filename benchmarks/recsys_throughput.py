@@ -110,7 +110,7 @@ def main(argv):
                            for name, d in inputs.items()})
         results = timing.interleave(candidates, rounds=FLAGS.rounds, warmup=0)
 
-    print(f"\n{stream_training.describe_model(model_config)}; batch "
+    print(f"\n{model_config.describe()}; batch "
           f"{data_config.batch_size}, {steps} steps per pass, median of {FLAGS.rounds} "
           f"interleaved passes, {os.cpu_count()} CPUs, jit_compile={train_config.jit_compile}")
     print(f"input: {bundle.description}\n")

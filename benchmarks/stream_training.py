@@ -171,9 +171,3 @@ def run_phase(name, make_bundle, rows_requested, *, model_config, precision, bat
     return result
 
 
-def describe_model(model_config):
-    """One line: the DCN's architecture."""
-    m = model_config
-    rank = "full rank" if m.projection_dim is None else f"rank {m.projection_dim}"
-    return (f"DCN {m.structure}, {m.num_cross_layers} cross ({rank}), deep "
-            f"{','.join(map(str, m.deep_layers)) or 'none'}, embedding {m.embedding_dim}")

@@ -119,7 +119,7 @@ def main(argv):
     total = time.perf_counter() - began
 
     title = (f"Resident memory while streaming and training ({os.cpu_count()} CPUs)\n"
-             f"{stream_training.describe_model(model_config)}; batch {batch}, {precision}")
+             f"{model_config.describe()}; batch {batch}, {precision}")
     print(f"\n{title}; {total / 60:.1f} min in all\n")
     print(f"{'phase':<12} {'rows':>12} {'rows/s':>8} {'start MiB':>10} {'end MiB':>8} "
           f"{'max MiB':>8} {'rise MiB':>9} {'MiB/10M rows':>13}  verdict")

@@ -151,6 +151,13 @@ class ModelConfig:
     structure: str = setting("stacked", "Cross and deep towers stacked or side by side.",
                              choices=STRUCTURES)
 
+    def describe(self):
+        """One line: "DCN-V2 stacked, 2 cross layers (full rank), deep 128,64, embedding 8"."""
+        rank = "full rank" if self.projection_dim is None else f"rank {self.projection_dim}"
+        deep = ",".join(str(u) for u in self.deep_layers) or "none"
+        return (f"DCN-V2 {self.structure}, {self.num_cross_layers} cross layers ({rank}), "
+                f"deep {deep}, embedding {self.embedding_dim}")
+
     def __post_init__(self):
         _check_bounds(self)
         layers = tuple(self.deep_layers)

@@ -56,6 +56,7 @@ from tfbf16.utils import cli
 from tfbf16.utils import files
 
 from recsys import batches
+from recsys import config as config_lib
 from recsys import distribute
 from recsys import flags_lib
 from recsys import memory
@@ -66,6 +67,7 @@ from recsys.data import accounting
 FLAGS = flags.FLAGS
 
 flags_lib.define_common_flags()
+flags.adopt_module_key_flags(flags_lib)  # --help lists them too
 flags.DEFINE_list("precisions", ["fp32", "rne", "trunc"],
                   "Comma-separated compute precisions to compare; must include "
                   "fp32 (the baseline). Choices: "
@@ -316,13 +318,6 @@ def _speeds(results):
     return speeds
 
 
-def _describe_model(m):
-    rank = "full rank" if m["projection_dim"] is None else f"rank {m['projection_dim']}"
-    deep = ",".join(str(u) for u in m["deep_layers"]) or "none"
-    return (f"DCN-V2 {m['structure']}, {m['num_cross_layers']} cross layers ({rank}), "
-            f"deep {deep}, embedding {m['embedding_dim']}")
-
-
 def format_markdown(results):
     """The study's summary as Markdown: settings, input, table and reading."""
     cfg = results["config"]
@@ -337,7 +332,7 @@ def format_markdown(results):
         "",
         f"Input: {accounting.describe_report(results['input'])}.",
         "",
-        f"Model: {_describe_model(cfg['model'])}; Adam lr "
+        f"Model: {config_lib.ModelConfig(**cfg['model']).describe()}; Adam lr "
         f"{cfg['train']['learning_rate']:g} ({cfg['train']['lr_schedule']}), batch "
         f"{cfg['data']['batch_size']}, {cfg['train']['train_steps']} steps; eval on "
         f"{', '.join(f'{c:,}' for c in counts)} rows (requested "

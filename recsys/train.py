@@ -48,6 +48,7 @@ from recsys.data import accounting
 FLAGS = flags.FLAGS
 
 flags_lib.define_common_flags()
+flags.adopt_module_key_flags(flags_lib)  # --help lists them too
 flags.DEFINE_enum("precision", "fp32", precision_lib.COMPUTE_PRECISIONS,
                   "Compute precision: fp32, or the tfbf16 rounding of the BF16 "
                   "emulation (native: real bfloat16 kernels; the default with "

@@ -134,29 +134,12 @@ class DataBundle:
         return self.source != "criteo"
 
     @property
-    def bad_lines(self):
-        """Deprecated: malformed lines per split; use `input_report()`."""
-        return _MalformedCounts(self) if self.source == "criteo" else None
-
-    @property
     def global_batch_size(self):
         """Rows of a global training batch (all shards together)."""
         rows = self.train.element_spec[1].shape[0]
         if rows is None:
             return None
         return rows * (self.shard.count if self.shard is not None else 1)
-
-
-class _MalformedCounts:
-    """What `DataBundle.bad_lines` returned before `input_report` (kept for
-    benchmarks/streaming_memory.py)."""
-
-    def __init__(self, bundle):
-        self._bundle = bundle
-
-    def counts(self):
-        report = self._bundle.input_report()
-        return {split: report[split]["malformed"] for split in ("train", "eval")}
 
 
 def make_datasets(data, *, data_path=None, batch_size, seed=0, eval_rows=None,
