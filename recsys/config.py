@@ -186,9 +186,10 @@ class TrainConfig:
         8, "Eval batches used by each periodic evaluation (0: the whole eval set). "
         "The final evaluation always uses the whole eval set.", lower_bound=0)
     eval_points: int = setting(
-        0, "Evaluate on the whole eval set at step 0 and at this many log-spaced steps "
-        "up to --train_steps, for the paired difference over training (instead of "
-        "--eval_every's subset evaluations; 0: off).", lower_bound=0)
+        0, "Evaluate on the whole eval set at step 0, at this many log-spaced steps up "
+        "to --train_steps and at 80% of them, for the paired difference over training and "
+        "the flatness of its end (instead of --eval_every's subset evaluations; 0: off).",
+        lower_bound=0)
     checkpoint_every: int = setting(
         100, "Save a checkpoint every this many steps (and at the end).",
         lower_bound=1, identity=False)
@@ -225,8 +226,10 @@ class TrainConfig:
             training, included), and the eval batches of each evaluation.
         """
         if self.eval_points:
-            points = {0, self.train_steps}
-            for k in range(self.eval_points):  # log-spaced from 1 to train_steps
+            # Log-spaced from 1 to train_steps, and the step at 80% of training
+            # (from which the end of the learning curve is judged flat or not).
+            points = {0, self.train_steps, round(0.8 * self.train_steps)}
+            for k in range(self.eval_points):
                 points.add(round(self.train_steps ** (k / max(self.eval_points - 1, 1))))
             return tuple(sorted(points)), None
         if self.eval_every:

@@ -200,15 +200,15 @@ def test_full_evaluations_at_log_spaced_steps_and_convergence(tmp_path):
     train = dataclasses.replace(TINY_TRAIN, train_steps=10, eval_every=0, eval_points=4)
     results = study.run_study(TINY_DATA, TINY_MODEL, train, precisions=["fp32", "trunc"],
                               seeds=[0, 1], output_dir=str(tmp_path), verbose=0)
-    steps = [0, 1, 2, 5, 10]
+    steps = [0, 1, 2, 5, 8, 10]
     for run in results["runs"]:
         assert [h["step"] for h in run["history"]] == steps
         # Full evaluations: the final point is the final evaluation.
         assert run["history"][-1]["log_loss"] == run["log_loss"]
     assert [p["step"] for p in results["history"]["trunc"]] == steps
     change = results["convergence"]["fp32"]
-    assert (change["from_step"], change["to_step"]) == (5, 10)
-    assert "Change of eval log loss from step 5 to 10" in study.format_markdown(results)
+    assert (change["from_step"], change["to_step"]) == (8, 10)
+    assert "Change of eval log loss from step 8 to 10" in study.format_markdown(results)
 
 
 def test_eval_points_and_eval_every_exclude_each_other():
