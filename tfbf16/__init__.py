@@ -13,6 +13,8 @@ Models (Keras 3 and tf_keras):
   switch roundings between steps without retracing.
 - `tfbf16.backends`: the registry of what differs between the two Kerases
   (`backends.backend_of(layer_model_or_optimizer)`).
+- Recommenders: tensorflow-recommenders' `Cross` (tf_keras) and keras-rs'
+  `FeatureCross` and `DotInteraction` (Keras 3, optional) are emulated.
 - `bf16_hardware()`: whether `rounding="native"` runs on real bfloat16 units.
 
 Training with BF16 (submodules):
