@@ -521,6 +521,29 @@ def test_gru_variants_round_only_gemm_inputs(flavour, reset_after, implementatio
     assert _gru_module_namespaces(K) == namespaces
 
 
+@pytest.mark.parametrize("implementation", [1, 2])
+def test_gru_step_applies_keras3_dropout_masks_like_the_cell(implementation):
+    """With rounding off, tfbf16's GRU step in training mode is the Keras 3 cell
+    with its dropout masks, bit for bit (the same seed-generator state draws
+    the same masks; tf_keras draws its masks from the global random state,
+    which the rounding op's own seeds advance, so it is not compared here)."""
+    rng = np.random.default_rng(13)
+    layer = keras.layers.GRU(3, dropout=0.4, recurrent_dropout=0.4, seed=3,
+                             implementation=implementation, return_sequences=True)
+    x = tf.constant(not_bf16(rng, (2, 4, 5)))
+    layer(x)
+    randomize_weights(layer, rng)
+    wrapper = tfbf16.BF16Wrapper(layer)
+    wrapper.set_rounding("fp32")
+    state = [np.array(v.numpy()) for v in layer.non_trainable_variables]
+    y = wrapper(x, training=True).numpy()
+    for variable, value in zip(layer.non_trainable_variables, state):
+        variable.assign(value)
+    expected = layer(x, training=True).numpy()
+    assert_bits_equal(y, expected, "GRU step with dropout, rounding off")
+    assert not np.array_equal(expected, layer(x, training=False).numpy())
+
+
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
 @pytest.mark.parametrize("rnn", ["LSTM", "GRU"])
 def test_bidirectional_rounds_both_directions(flavour, rnn):
