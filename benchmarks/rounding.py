@@ -16,8 +16,10 @@ Prints two tables, all candidates measured side by side in one process
    rne, trunc, stochastic (seed=None: a fresh seed drawn per call); and
    "rne (code)", rne selected by a runtime rounding code (an int32
    variable, as `tfbf16.wrap`'s layers do).
-2. Layer-sized tensors (--layer_sizes) in the default path, call overhead
-   included: milliseconds of the copy and the ratios of each rounding.
+2. Layer-sized tensors (--layer_sizes) in the default path: the cost per op
+   when one traced function rounds --ops_per_call distinct tensors, all kept
+   alive (no op can reuse its input's buffer), launch overhead of the XLA
+   kernel included: microseconds of the copy and the ratios of each rounding.
 
 A call is timed until it returns its result tensor; eager execution on CPU
 is synchronous, so the work is done by then. The result is not fetched with
@@ -43,7 +45,9 @@ flags.DEFINE_integer("rounds", 15, "Interleaved timed rounds.", lower_bound=1)
 flags.DEFINE_list("layer_sizes", ["65536", "262144", "1048576"],
                   "Elements of the layer-sized tensors (empty: skip that table).")
 flags.DEFINE_float("round_seconds", 0.05,
-                   "Layer-size table: calls per round are chosen to take about this long.")
+                   "Calls per candidate per round are chosen to take about this long.")
+flags.DEFINE_integer("ops_per_call", 32,
+                     "Layer-size table: tensors rounded per traced call.", lower_bound=1)
 
 COLUMNS = ("copy", "tf.cast round trip", "rne", "trunc", "stochastic", "rne (code)")
 ROWS = (
@@ -89,25 +93,27 @@ def _variables():
             tf.Variable(1.0, dtype=tf.float32))
 
 
-def _table(results, rows, columns, *, cpu, row_format):
-    """Rows of: the copy's ms, then each column's median ratio to the copy."""
+def _table(results, rows, columns, *, cpu, row_format, scale=1e3, unit="copy ms"):
+    """Rows of: the copy's time (seconds times `scale`), then each column's
+    median ratio to the copy."""
     kind = "process CPU time" if cpu else "wall time"
-    lines = [f"  {kind:<22}{'copy ms':>10}" + "".join(f"{c:>20}" for c in columns[1:])]
+    lines = [f"  {kind:<22}{unit:>12}" + "".join(f"{c:>20}" for c in columns[1:])]
     for row in rows:
         copy = results[f"{row}/copy"]
-        ms = (copy.cpu_median if cpu else copy.median) * 1e3
+        value = (copy.cpu_median if cpu else copy.median) * scale
         cells = "".join(f"{results[f'{row}/{c}'].ratio_to(copy, cpu=cpu):>19.2f}x"
                         for c in columns[1:])
-        lines.append(f"    {row_format(row):<20}{ms:>10.3f}{cells}")
+        lines.append(f"    {row_format(row):<20}{value:>12.3f}{cells}")
     return lines
 
 
-def large_tensor_table(size, rounds):
+def large_tensor_table(size, rounds, round_seconds):
     x = tf.random.normal([size], dtype=tf.float32, seed=1)
     candidates = {}
     for row, setting in ROWS:
         candidates.update(traced_candidates(x, _variables(), prefix=f"{row}/", **setting))
-    results = timing.interleave(candidates, rounds=rounds)
+    calls = {name: timing.calls_for(fn, round_seconds) for name, fn in candidates.items()}
+    results = timing.interleave(candidates, rounds=rounds, calls=calls)
     lines = [f"{size:,} float32 elements; ratio to the copy of the same row "
              f"(median of {rounds} interleaved rounds)"]
     rows = [row for row, _ in ROWS]
@@ -116,22 +122,33 @@ def large_tensor_table(size, rounds):
     return "\n".join(lines)
 
 
-def layer_size_table(sizes, rounds, round_seconds):
+def layer_size_table(sizes, rounds, round_seconds, ops_per_call):
+    """Per-op cost of rounding layer-sized tensors inside one traced function.
+
+    Each call rounds `ops_per_call` distinct tensors that stay alive (as a
+    layer's activations do for the backward pass, so that no op can reuse
+    its input's buffer); the launch overhead of tfbf16's XLA kernel is
+    included, Python's call overhead is shared by all ops of a call.
+    """
     columns = ("copy", "rne", "trunc", "stochastic", "rne (code)")
     variables = _variables()
     candidates, calls = {}, {}
     for size in sizes:
-        x = tf.random.normal([size], dtype=tf.float32, seed=2)
-        made = traced_candidates(x, variables, jit=False, inner_xla=True, columns=columns,
-                                 prefix=f"{size}/")
-        candidates.update(made)
-        calls.update({name: timing.calls_for(fn, round_seconds) for name, fn in made.items()})
+        xs = [tf.random.normal([size], dtype=tf.float32, seed=i) for i in range(ops_per_call)]
+        for name in columns:
+            op = _ops(*variables)[name]
+            fn = tf.function((lambda o: lambda ts: [o(t) for t in ts])(op), autograph=False)
+            fn(xs)  # trace and compile
+            candidate = (lambda f: lambda: f(xs))(fn)
+            candidates[f"{size}/{name}"] = candidate
+            calls[f"{size}/{name}"] = timing.calls_for(candidate, round_seconds)
     results = timing.interleave(candidates, rounds=rounds, calls=calls)
-    lines = [f"Layer-sized tensors, default path (call overhead included); ratio to the "
+    lines = [f"Layer-sized tensors, default path: {ops_per_call} ops per traced call "
+             f"(launch overhead included); copy in microseconds per op, ratios to the "
              f"copy (median of {rounds} interleaved rounds)"]
     for cpu in (False, True):
-        lines += _table(results, sizes, columns, cpu=cpu,
-                        row_format=lambda size: f"{size:,} elements")
+        lines += _table(results, sizes, columns, cpu=cpu, scale=1e6 / ops_per_call,
+                        unit="copy us/op", row_format=lambda size: f"{size:,} elements")
     return "\n".join(lines)
 
 
@@ -140,11 +157,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     tf.get_logger().setLevel("ERROR")  # retracing notes: each candidate is traced once
     print(f"load average at start: {timing.machine_load()}")
-    print(large_tensor_table(FLAGS.size, FLAGS.rounds))
+    print(large_tensor_table(FLAGS.size, FLAGS.rounds, FLAGS.round_seconds))
     sizes = [int(s) for s in FLAGS.layer_sizes]
     if sizes:
         print()
-        print(layer_size_table(sizes, FLAGS.rounds, FLAGS.round_seconds))
+        print(layer_size_table(sizes, FLAGS.rounds, FLAGS.round_seconds, FLAGS.ops_per_call))
     print(f"\nload average at end: {timing.machine_load()}")
 
 
