@@ -9,10 +9,10 @@ import tensorflow as tf
 import tf_keras
 from scipy import stats as scipy_stats
 
-from tfbf16.study import compare as compare_lib
+import tfbf16
 from tfbf16.study.runs import RunMismatchError
 
-compare = compare_lib.compare
+compare = tfbf16.compare
 
 
 def _data(rows, seed):

@@ -49,6 +49,8 @@ Registry (this package):
 - `is_functional(model)`: Sequential or Functional (rebuildable from its
   graph) rather than subclassed.
 - `clone_model(model, clone_function)`: that Keras' `clone_model`.
+- `compile_arguments(model)`: the arguments `model` was compiled with (the
+  same objects), or None if it was not compiled.
 - `compile_like(new, old)`: compiles `new` with `old`'s compile arguments
   if `old` was compiled.
 - `sublayers(layer, include_self=False)`: every layer inside `layer`,

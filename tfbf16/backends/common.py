@@ -72,9 +72,17 @@ class KerasBackend(registry.Backend):
         """`keras.models.clone_model` of this Keras."""
         return self.keras.models.clone_model(model, clone_function=clone_function)
 
+    def compile_arguments(self, model):
+        """The arguments `model` was compiled with (the same objects: its
+        optimizer, loss, metrics...), as a dict for `compile`; None if it was
+        not compiled."""
+        raise NotImplementedError
+
     def compile_like(self, new, old):
         """Compiles `new` with `old`'s compile arguments, if `old` was compiled."""
-        raise NotImplementedError
+        arguments = self.compile_arguments(old)
+        if arguments is not None:
+            new.compile(**arguments)
 
     def sublayers(self, layer, include_self=False):
         """Every layer inside `layer` (recursively), in Keras' order."""

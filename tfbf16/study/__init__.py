@@ -9,4 +9,13 @@ through this package:
 
 - `tfbf16.study.stats`: means and paired differences with Student-t
   intervals (SciPy), and the verdict against a threshold.
+- `tfbf16.study.summary`: per precision and metric, the mean and the paired
+  difference to FP32 with their intervals (refusing runs that cannot be
+  paired), over training too, and the Markdown table.
+- `tfbf16.study.plots`: learning curves and paired differences, as PNG.
+- `tfbf16.study.runs`: run directories reused only for the same measurement
+  (identity of settings, inputs and software).
+- `tfbf16.study.precision`: the names of precisions ("rne", "rne+bf16w_kahan",
+  ...), and how a model and optimizer are set up for one.
+- `tfbf16.study.compare`: `tfbf16.compare`, the study of any Keras model.
 """

@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfbf16
+from tfbf16 import backends
 from tfbf16.study import plots
 from tfbf16.study import precision as precision_lib
 from tfbf16.study import runs as runs_lib
@@ -59,26 +60,12 @@ _HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "psnr", "ssim", "iou",
                      "top_k", "r2", "bleu")
 
 
-def _backend_module(model):
-    """`keras` or `tf_keras`: the Keras the model belongs to."""
-    import keras
-    import tf_keras
-    if isinstance(model, keras.Model):
-        return keras
-    if isinstance(model, tf_keras.Model):
-        return tf_keras
-    raise TypeError(f"build_model must return a Keras 3 or tf_keras model; got "
-                    f"{type(model).__name__}.")
-
-
-def _compile_arguments_of(model):
-    """The arguments `model` was compiled with (the same objects), or None."""
-    if _backend_module(model).__name__ == "keras":
-        config = getattr(model, "_compile_config", None)  # noqa: SLF001
-        return dict(config.config) if getattr(model, "compiled", False) and config else None
-    if getattr(model, "_is_compiled", False):  # tf_keras
-        return dict(model._get_compile_args(), jit_compile=model._jit_compile)  # noqa: SLF001
-    return None
+def _backend(model):
+    """The `tfbf16.backends` back end of a model `build_model` returned."""
+    if not backends.is_keras_object(model) or not hasattr(model, "fit"):
+        raise TypeError(f"build_model must return a Keras 3 or tf_keras model; got "
+                        f"{type(model).__name__}.")
+    return backends.backend_of(model)
 
 
 def _sha256_of_arrays(arrays):
@@ -359,12 +346,10 @@ class _Runner:
 
     def _build(self, seed):
         """A freshly built FP32 model of `seed`, and its Keras module."""
-        import keras
-        import tf_keras
-        keras.utils.set_random_seed(seed)
-        tf_keras.utils.set_random_seed(seed)
+        for backend in backends.registered_backends():
+            backend.keras.utils.set_random_seed(seed)
         model = self.build_model()
-        return model, _backend_module(model)
+        return model, _backend(model).keras
 
     def _compile_arguments(self, model):
         """Fresh `compile` arguments for one run (a new optimizer object)."""
@@ -374,7 +359,7 @@ class _Runner:
             if optimizer is not None and not isinstance(optimizer, str):
                 arguments["optimizer"] = optimizer.__class__.from_config(optimizer.get_config())
             return arguments
-        arguments = _compile_arguments_of(model)
+        arguments = _backend(model).compile_arguments(model)
         if arguments is None:
             raise ValueError(
                 "build_model returned an uncompiled model and no compile_kwargs were given: "

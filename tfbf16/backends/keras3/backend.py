@@ -40,10 +40,11 @@ class Keras3Backend(common.KerasBackend):
         matmul=keras.ops.matmul, add_bias=keras.ops.add, dropout_masks=_gru_dropout_masks
     )
 
-    def compile_like(self, new, old):
-        config = getattr(old, "_compile_config", None)
-        if getattr(old, "compiled", False) and config is not None:
-            new.compile(**config.config)
+    def compile_arguments(self, model):
+        config = getattr(model, "_compile_config", None)
+        if getattr(model, "compiled", False) and config is not None:
+            return dict(config.config)
+        return None
 
     def tf_variable(self, variable):
         if isinstance(variable, keras.Variable):

@@ -68,9 +68,10 @@ class TfKerasBackend(common.KerasBackend):
     def _owned_types(self):
         return super()._owned_types() + (tf_keras.optimizers.legacy.Optimizer,)
 
-    def compile_like(self, new, old):
-        if getattr(old, "_is_compiled", False):
-            new.compile(**old._get_compile_args(), jit_compile=old._jit_compile)
+    def compile_arguments(self, model):
+        if getattr(model, "_is_compiled", False):
+            return dict(model._get_compile_args(), jit_compile=model._jit_compile)
+        return None
 
     def register_wrapper_name(self, cls):
         object_registration._GLOBAL_CUSTOM_NAMES[cls] = common.REGISTERED_NAME
