@@ -29,7 +29,7 @@ import tfbf16
 from benchmarks import criteo_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--batch_size=16", "--eval_rows=40", "--num_buckets=1000", "--embedding_dim=2",
+TINY = ["--batch_size=16", "--eval_rows=40", "--embedding_dim=2",
         "--deep_layers=4", "--num_cross_layers=1", "--train_steps=2", "--eval_every=0",
         "--log_every=1", "--checkpoint_every=2"]
 
@@ -146,7 +146,7 @@ def _same_lines_other_content(make):
 
 CRITEO = _criteo(300)
 RUN = ["--model_dir={dir}/run"]
-CRITEO_ARGS = ["--data=criteo", "--data_path={dir}/day_0.tsv"]
+CRITEO_ARGS = ["--data=criteo", "--num_buckets=1000", "--data_path={dir}/day_0.tsv"]
 
 TRAIN_ROWS = [
     Row("40 percent of the lines have the wrong field count",
@@ -172,18 +172,18 @@ TRAIN_ROWS = [
         says=r"error: .*Every one of the \d+ lines read for the train split is malformed",
         absent=("run/result.json",)),
     Row("a glob of gzip files, one cut off mid-download",
-        RUN + ["--data=criteo", "--data_path={dir}/day_*.gz"] + TINY,
+        RUN + ["--data=criteo", "--num_buckets=1000", "--data_path={dir}/day_*.gz"] + TINY,
         {"day_0.gz": _gzip(_criteo(300, 1), truncate=True), "day_1.gz": _gzip(CRITEO)},
         says=r"recsys.train: error: {dir}/day_0.gz is truncated", absent=("run/result.json",)),
     Row("the only file is a gzip cut off mid-download",
-        RUN + ["--data=criteo", "--data_path={dir}/day_0.gz"] + TINY,
+        RUN + ["--data=criteo", "--num_buckets=1000", "--data_path={dir}/day_0.gz"] + TINY,
         {"day_0.gz": _gzip(CRITEO, truncate=True)},
         says=r"recsys.train: error: {dir}/day_0.gz is truncated", absent=("run",)),
     Row("--eval_rows=500 with --batch_size=256 scores all 500 rows",
         RUN + TINY + ["--vocab_scale=0.01", "--eval_rows=500", "--batch_size=256"], code=0,
         says=r"\(500 eval rows\)", result={("final", "count"): 500}),
     Row("a directory as --data_path reads its files",
-        RUN + ["--data=criteo", "--data_path={dir}/days"] + TINY,
+        RUN + ["--data=criteo", "--num_buckets=1000", "--data_path={dir}/days"] + TINY,
         {"days/day_0.tsv": _criteo(200, 2), "days/day_1.tsv": CRITEO}, code=0,
         says=r"eval log loss", result={("final", "count"): 40}),
     Row("a UTF-8 byte order mark and a header line", RUN + CRITEO_ARGS + TINY,
@@ -192,7 +192,7 @@ TRAIN_ROWS = [
             + b"\n" + CRITEO(d)}, code=0,
         says=r"1 header line\(s\) skipped",
         result={("input", "train", "header_lines"): 1, ("input", "train", "malformed"): 0}),
-    Row("a missing data path", RUN + ["--data=criteo", "--data_path={dir}/nope.tsv"] + TINY,
+    Row("a missing data path", RUN + ["--data=criteo", "--num_buckets=1000", "--data_path={dir}/nope.tsv"] + TINY,
         says=r"recsys.train: error: .*nope.tsv.* matches no file", absent=("run",)),
     Row("an empty data file", RUN + CRITEO_ARGS + TINY, {"day_0.tsv": b""},
         says=r"recsys.train: error: {dir}/day_0.tsv is empty", absent=("run",)),
