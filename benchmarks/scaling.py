@@ -159,7 +159,8 @@ def main(argv):
             print(f"{precision.name}, {name}: {result['steady_examples_per_second']:,.0f} "
                   f"ex/s, input wait {result['input_wait_fraction']:.1%}", flush=True)
             # The run's steady-state seconds: what the rounds compare.
-            return (steps - 1) * global_batch / result["steady_examples_per_second"]
+            return timing.SelfTimed(
+                (steps - 1) * global_batch / result["steady_examples_per_second"])
 
         return one_run
 

@@ -64,6 +64,17 @@ class Timing:
         return statistics.median(a / b for a, b in zip(mine, theirs))
 
 
+@dataclasses.dataclass(frozen=True)
+class SelfTimed:
+    """What a candidate that times itself returns: its own seconds for the call.
+
+    An explicit type, so that a candidate that happens to return a number
+    (a loss, a row count) is never mistaken for its own timing.
+    """
+
+    seconds: float
+
+
 def calls_for(fn, target_seconds, *, most=1000):
     """How many calls of `fn` take about `target_seconds` (at least 1).
 
@@ -84,8 +95,8 @@ def interleave(candidates, *, rounds, warmup=1, calls=1):
             call of the candidate and returns once its work has finished
             (e.g. by fetching the result with `.numpy()`). A candidate that
             must time itself (its call includes set-up that must not count)
-            returns its own seconds as a float; any other return value is
-            ignored and the call is timed from outside.
+            returns `SelfTimed(seconds)`; any other return value is ignored
+            and the call is timed from outside.
         rounds: how many timed rounds.
         warmup: untimed calls of every candidate before the first round.
         calls: calls per candidate per round (an int, or a dict name -> int
@@ -93,8 +104,14 @@ def interleave(candidates, *, rounds, warmup=1, calls=1):
 
     Returns:
         dict name -> `Timing`, in the order of `candidates`.
+
+    Raises:
+        ValueError: if there is no candidate or no round.
     """
     names = list(candidates)
+    if not names or rounds < 1:
+        raise ValueError(f"interleave needs candidates and rounds >= 1; got "
+                         f"{len(names)} candidates and rounds={rounds!r}.")
     per_round = calls if isinstance(calls, dict) else {name: calls for name in names}
     for name in names:
         for _ in range(warmup):
@@ -115,8 +132,8 @@ def _time_calls(fn, count):
     start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(count):
         returned = fn()
-        if isinstance(returned, float):
-            self_timed += returned
+        if isinstance(returned, SelfTimed):
+            self_timed += returned.seconds
     wall = time.perf_counter() - start
     cpu = time.process_time() - start_cpu
     if self_timed:
