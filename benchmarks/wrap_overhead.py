@@ -19,13 +19,13 @@ machine shared with other jobs).
 
 With --profile, the emulated DCN step (no jit) is also timed with parts of
 the emulation switched off (gradient rounding, input rounding, the inner XLA
-cluster of the rounding kernel), and the rounding ops traced into one
-training step are counted, to see where the overhead comes from.
+cluster of the rounding kernel), and with --census the rounding ops traced
+into one training step are counted, to see where the overhead comes from.
 
 Usage:
 
     python -m benchmarks.wrap_overhead [--rounds=R] [--steps=S] [--round_seconds=T]
-        [--models=dcn,cnn] [--[no]profile]
+        [--models=dcn,cnn] [--jit_compile=false,true] [--[no]profile] [--[no]census]
     python -m benchmarks.wrap_overhead --rounds=2 --steps=2 --round_seconds=0.1 \
         --dcn_batch=64 --cnn_batch=16 --vocab=1000    # a quick run
 """
@@ -57,7 +57,13 @@ flags.DEFINE_float("round_seconds", 1.0,
 flags.DEFINE_list("models", ["dcn", "cnn"], "Which models to time: dcn, cnn.")
 flags.register_validator("models", lambda names: set(names) <= {"dcn", "cnn"},
                          "--models must be among dcn, cnn.")
+flags.DEFINE_list("jit_compile", ["false", "true"],
+                  "The jit_compile settings of the main table (empty: no table).")
+flags.register_validator("jit_compile",
+                         lambda values: set(values) <= {"false", "true"},
+                         "--jit_compile must be among false, true.")
 flags.DEFINE_bool("profile", True, "Also time partial emulations of the DCN step.")
+flags.DEFINE_bool("census", True, "Also count the rounding ops of one emulated DCN step.")
 flags.DEFINE_integer("dcn_batch", 512, "DCN batch size.", lower_bound=1)
 flags.DEFINE_integer("cnn_batch", 128, "CNN batch size.", lower_bound=1)
 flags.DEFINE_integer("vocab", 10_000, "Rows of each DCN embedding table.", lower_bound=1)
@@ -277,7 +283,7 @@ def main(argv):
         print(f"\n{key.upper()}")
         print(f"  {'':<18}" + "".join(f"{n:>22}" for n in names))
         print(f"  {'':<18}" + f"{'ms/step  wall   cpu':>22}" * len(names))
-        for jit in (False, True):
+        for jit in (value == "true" for value in FLAGS.jit_compile):
             variants, failed = make_variants([
                 ("fp32", dict(common, jit=jit)),
                 ("emulated rne", dict(common, rounding="rne", jit=jit)),
@@ -307,6 +313,7 @@ def main(argv):
                 print(f"    {name:<24}{ms:>9.1f}{wall:>6.2f}x{cpu:>6.2f}x"
                       f"   {(wall - 1) * results['fp32']:+.1f} ms")
             failures.update({f"dcn profile {n}": why for n, why in failed.items()})
+        if key == "dcn" and FLAGS.census:
             calls, sizes = rounding_census(make_model, loss_name, common["data"], FLAGS.dcn_batch)
             if not calls:
                 failures["dcn rounding census"] = (

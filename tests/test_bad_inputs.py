@@ -319,12 +319,14 @@ def _check(rows, table, index, result_file):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(TRAIN_ROWS)), ids=[r.name for r in TRAIN_ROWS])
+@pytest.mark.xdist_group("bad_inputs_train")  # shares a module fixture
 def test_recsys_train(train_table, index):
     _check(TRAIN_ROWS, train_table, index, "run/result.json")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(STUDY_ROWS)), ids=[r.name for r in STUDY_ROWS])
+@pytest.mark.xdist_group("bad_inputs_study")  # shares a module fixture
 def test_recsys_study(study_table, index):
     _check(STUDY_ROWS, study_table, index, "study/results.json")
 

@@ -53,6 +53,7 @@ def keras3_result(tmp_path_factory):
     return output_dir, result
 
 
+@pytest.mark.xdist_group("compare_keras3")  # shares a module fixture
 def test_keras3_comparison_is_paired_and_reported(keras3_result):
     output_dir, result = keras3_result
     runs = {(r["precision"], r["seed"]): r for r in result.runs}
@@ -83,6 +84,7 @@ def test_keras3_comparison_is_paired_and_reported(keras3_result):
         assert f.read() == markdown
 
 
+@pytest.mark.xdist_group("compare_keras3")  # shares a module fixture
 def test_the_same_call_again_is_bit_identical_and_loads_finished_runs(keras3_result):
     output_dir, first = keras3_result
     again = compare(keras3_model, TRAIN, EVAL, precisions=["fp32", "rne"], seeds=[1],

@@ -440,6 +440,30 @@ def test_runtime_codes_match_static_roundings_bit_exactly(exec_mode):
     np.testing.assert_array_equal(as_bits(fn(x)), bits)  # unchanged, NaN payloads too
 
 
+@pytest.mark.parametrize("xla_kernel", [True, False])
+def test_runtime_codes_on_both_kernels_and_out_of_range_codes(xla_kernel):
+    # The XLA kernel selects a runtime code's mode, the other one branches:
+    # the same bits either way, and NaN everywhere for a code that names no
+    # rounding.
+    from tfbf16.rounding import ROUNDING_CODES, set_xla_rounding
+
+    bits = np.random.default_rng(9).integers(0, 2**32, size=50_000, dtype=np.uint64)
+    x = tf.constant(bits.astype(np.uint32).view(np.float32))
+    code = tf.Variable(0, dtype=tf.int32)
+    set_xla_rounding(xla_kernel)
+    try:
+        fn = tf.function(lambda t: tfbf16.round_bf16(t, code, seed=3))
+        for name in ["rne", "trunc", "stochastic"]:
+            code.assign(ROUNDING_CODES[name])
+            np.testing.assert_array_equal(
+                as_bits(fn(x)), as_bits(tfbf16.round_bf16(x, name, seed=3)), err_msg=name)
+        for bad in (-1, len(ROUNDING_CODES)):
+            code.assign(bad)
+            assert np.isnan(fn(x).numpy()).all(), bad
+    finally:
+        set_xla_rounding(True)
+
+
 def test_runtime_code_on_float64_and_gradients():
     from tfbf16.rounding import ROUNDING_CODES
 

@@ -73,7 +73,7 @@ for name in ("default", "mirrored"):
     d = distribute.make_distribution(name)
     out[name + "_replicas"] = d.num_replicas
     bundle = batches.make_bundle(data, d)
-    for precision in ("fp32", "rne+bf16w_kahan", "fp32+bf16w_stochastic"):
+    for precision in ("fp32", "fp32+bf16w_stochastic"):
         out[name + " " + precision] = trainer.run(
             bundle, data, model, train, precision=precision, seed=0,
             model_dir=sys.argv[1] + "/" + name + precision, verbose=0,
@@ -97,9 +97,8 @@ def test_mirrored_strategy_trains_like_the_default_and_refuses_the_rest(tmp_path
     assert out["default_replicas"] == 1 and out["mirrored_replicas"] == 2
     # Two local replicas split each batch; the result is the default
     # strategy's up to FP32 reduction order.
-    for precision in ("fp32", "rne+bf16w_kahan"):
-        assert out["mirrored " + precision] == pytest.approx(out["default " + precision],
-                                                             abs=1e-5)
+    # (Kahan BF16 weights under replicas: tests/recsys/test_multi_worker.py.)
+    assert out["mirrored fp32"] == pytest.approx(out["default fp32"], abs=1e-5)
     # Stochastic BF16 weight updates: seeded by the run seed under two replicas
     # (the global seed alone would give each replica other bits), so they are
     # other random bits than the default strategy's: only statistically equal.
