@@ -100,3 +100,12 @@ def test_update_rounding(tmp_path):
     assert out.count("| BF16 weights, kahan |") == 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(tmp_path) == ["update_rounding.png"]
+
+
+@pytest.mark.slow
+def test_compare_examples(tmp_path):
+    out = _run("compare_examples", "--seeds=2", "--epochs=1", f"--output_dir={tmp_path}")
+    for name in ("digits_cnn", "cancer_mlp"):
+        assert f"# BF16 comparison: {name}" in out
+        assert {"compare.png", "results.json", "results.md"} <= set(os.listdir(tmp_path / name))
+    assert out.count("| rne |") == 2 and out.count("| trunc |") == 2
