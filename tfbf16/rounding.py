@@ -191,15 +191,20 @@ def _random_bits(shape, seed, count):
 def _round_float32_static(x, rounding, seed):
     """Rounds a float32 tensor with the rounding named by a Python string."""
     bits = tf.bitcast(x, tf.int32)
+    if rounding == "trunc":
+        return _masked_to_bfloat16(bits, bits)
+    return _masked_to_bfloat16(bits, bits + _increment(bits, rounding, seed))
+
+
+def _increment(bits, rounding, seed):
+    """What `rounding` adds to the float32 bits before their low 16 are cleared.
+
+    RNE adds 0x7FFF plus the lowest kept bit (ties go to even), stochastic
+    rounding 16 random bits (truncation adds nothing and never asks).
+    """
     if rounding == "rne":
-        lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
-        bits_to_mask = bits + (_RNE_BIAS + lsb)
-    elif rounding == "stochastic":
-        random = tf.cast(_random_bits(tf.shape(x), seed, 16), tf.int32)
-        bits_to_mask = bits + random
-    else:
-        bits_to_mask = bits
-    return _masked_to_bfloat16(bits, bits_to_mask)
+        return _RNE_BIAS + tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
+    return tf.cast(_random_bits(tf.shape(bits), seed, 16), tf.int32)
 
 
 def _masked_to_bfloat16(bits, bits_to_mask):
@@ -260,10 +265,10 @@ def _round_float32_bits_fused(x, rounding, seed):
         return _round_float32_static(x, rounding, seed)
     code = tf.cast(rounding, tf.int32)
     bits = tf.bitcast(x, tf.int32)
-    lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
-    random = tf.cast(_random_bits(tf.shape(x), seed, 16), tf.int32)
-    increment = tf.where(code == ROUNDING_CODES["rne"], _RNE_BIAS + lsb,
-                         tf.where(code == ROUNDING_CODES["stochastic"], random, 0))
+    increment = tf.zeros_like(bits)  # truncation's
+    for name in ("rne", "stochastic"):
+        increment = tf.where(code == ROUNDING_CODES[name], _increment(bits, name, seed),
+                             increment)
     result = _masked_to_bfloat16(bits, bits + increment)
     in_range = (code >= 0) & (code <= max(ROUNDING_CODES.values()))
     return tf.where(code == ROUNDING_CODES["fp32"], x,
