@@ -75,19 +75,23 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def progress(self, phase, rows):
-        """Sets the current phase (None: pause sampling) and rows consumed."""
-        self._state = (phase, int(rows))
+        """Sets the current phase (None: pause sampling) and rows consumed.
+
+        A sample in progress on the thread finishes first, so none is
+        recorded after a pause begins.
+        """
+        with self._lock:
+            self._state = (phase, int(rows))
 
     def sample(self):
         """Records a sample now (unless the phase is None)."""
-        phase, rows = self._state
-        if phase is None:
-            return
-        record = {"phase": phase, "rows": rows,
-                  "seconds": round(time.perf_counter() - self._began, 3),
-                  "rss_mib": round(rss_mib(), 2)}
         with self._lock:
-            self.samples.append(record)
+            phase, rows = self._state
+            if phase is None:
+                return
+            self.samples.append({"phase": phase, "rows": rows,
+                                 "seconds": round(time.perf_counter() - self._began, 3),
+                                 "rss_mib": round(rss_mib(), 2)})
 
     def phase_samples(self, phase):
         """`(rows, rss_mib)` arrays of one phase's samples, in time order."""

@@ -278,13 +278,13 @@ def _run_table(program, rows, directory):
     return json.loads(done.stdout.split("RESULTS ", 1)[1])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker
 def train_table(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("train"))
     return directory, _run_table("recsys.train", TRAIN_ROWS, directory)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker
 def study_table(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("study"))
     return directory, _run_table("recsys.study", STUDY_ROWS, directory)
@@ -319,14 +319,14 @@ def _check(rows, table, index, result_file):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(TRAIN_ROWS)), ids=[r.name for r in TRAIN_ROWS])
-@pytest.mark.xdist_group("bad_inputs_train")  # shares a module fixture
+@pytest.mark.xdist_group("bad_inputs_train")  # shares a session fixture: one worker builds it
 def test_recsys_train(train_table, index):
     _check(TRAIN_ROWS, train_table, index, "run/result.json")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(STUDY_ROWS)), ids=[r.name for r in STUDY_ROWS])
-@pytest.mark.xdist_group("bad_inputs_study")  # shares a module fixture
+@pytest.mark.xdist_group("bad_inputs_study")  # shares a session fixture: one worker builds it
 def test_recsys_study(study_table, index):
     _check(STUDY_ROWS, study_table, index, "study/results.json")
 

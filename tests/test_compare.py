@@ -44,7 +44,7 @@ def tf_keras_model():
     return model
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker
 def keras3_result(tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("compare"))
     result = compare(keras3_model, TRAIN, EVAL, precisions=["fp32", "rne", "trunc"], seeds=3,
@@ -53,7 +53,7 @@ def keras3_result(tmp_path_factory):
     return output_dir, result
 
 
-@pytest.mark.xdist_group("compare_keras3")  # shares a module fixture
+@pytest.mark.xdist_group("compare_keras3")  # shares a session fixture: one worker builds it
 def test_keras3_comparison_is_paired_and_reported(keras3_result):
     output_dir, result = keras3_result
     runs = {(r["precision"], r["seed"]): r for r in result.runs}
@@ -84,7 +84,7 @@ def test_keras3_comparison_is_paired_and_reported(keras3_result):
         assert f.read() == markdown
 
 
-@pytest.mark.xdist_group("compare_keras3")  # shares a module fixture
+@pytest.mark.xdist_group("compare_keras3")  # shares a session fixture: one worker builds it
 def test_the_same_call_again_is_bit_identical_and_loads_finished_runs(keras3_result):
     output_dir, first = keras3_result
     again = compare(keras3_model, TRAIN, EVAL, precisions=["fp32", "rne"], seeds=[1],

@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAD_ROUNDINGS = {"rne": rnd, "trunc": trunc}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker
 def keras_rs():
     return pytest.importorskip(
         "keras_rs", reason="keras-rs is not installed (pip install tfbf16[keras-rs])"

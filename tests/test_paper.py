@@ -96,7 +96,7 @@ def test_imagenet_folder_layout_reads_batches(tmp_path):
 # ------------------------------------------------------ the suite, tiny
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker
 def tiny_suite(tmp_path_factory):  # every test that uses it is marked slow
     output_dir = tmp_path_factory.mktemp("paper")
     results, markdown = suite.run_suite(
@@ -116,7 +116,7 @@ RANGES = {
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("paper_tiny_suite")  # shares a module fixture
+@pytest.mark.xdist_group("paper_tiny_suite")  # shares a session fixture: one worker builds it
 def test_tiny_suite_reports_every_metric_of_every_experiment(tiny_suite):
     _, _, _, payload = tiny_suite
     table = payload["table"]
@@ -139,7 +139,7 @@ def test_tiny_suite_reports_every_metric_of_every_experiment(tiny_suite):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("paper_tiny_suite")  # shares a module fixture
+@pytest.mark.xdist_group("paper_tiny_suite")  # shares a session fixture: one worker builds it
 def test_tiny_suite_writes_table_and_plots(tiny_suite):
     output_dir, results, markdown, payload = tiny_suite
     assert (output_dir / "results.md").read_text(encoding="utf-8") == markdown
@@ -167,7 +167,7 @@ def test_tiny_suite_writes_table_and_plots(tiny_suite):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("paper_tiny_suite")  # shares a module fixture
+@pytest.mark.xdist_group("paper_tiny_suite")  # shares a session fixture: one worker builds it
 def test_bf16_runs_really_are_emulated(tiny_suite):
     _, results, _, _ = tiny_suite
     by_name = {r.experiment.name: r for r in results}
@@ -184,7 +184,7 @@ def test_bf16_runs_really_are_emulated(tiny_suite):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("paper_tiny_suite")  # shares a module fixture
+@pytest.mark.xdist_group("paper_tiny_suite")  # shares a session fixture: one worker builds it
 def test_paired_runs_start_from_identical_weights_and_reset_the_optimizer(tiny_suite):
     _, results, _, _ = tiny_suite
     result = next(r for r in results if r.experiment.name == "cnn")

@@ -464,6 +464,32 @@ def test_runtime_codes_on_both_kernels_and_out_of_range_codes(xla_kernel):
         set_xla_rounding(True)
 
 
+@pytest.mark.parametrize("xla_kernel", [True, False])
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_runtime_rounding_without_stochastic(xla_kernel, dtype):
+    # A kernel traced for the deterministic codes only (what wrappers created
+    # without stochastic rounding trace): the same bits for fp32/rne/trunc,
+    # NaN everywhere for the stochastic code it left out.
+    from tfbf16.rounding import ROUNDING_CODES, RuntimeRounding, set_xla_rounding
+
+    bits = np.random.default_rng(10).integers(0, 2**32, size=20_000, dtype=np.uint64)
+    x = tf.cast(tf.constant(bits.astype(np.uint32).view(np.float32)), dtype)
+    code = tf.Variable(0, dtype=tf.int32)
+    set_xla_rounding(xla_kernel)
+    try:
+        fn = tf.function(lambda t: tfbf16.round_bf16(t, RuntimeRounding(code, stochastic=False)))
+        for name in ["rne", "trunc"]:
+            code.assign(ROUNDING_CODES[name])
+            np.testing.assert_array_equal(
+                as_bits(fn(x)), as_bits(tfbf16.round_bf16(x, name)), err_msg=name)
+        code.assign(ROUNDING_CODES["fp32"])
+        np.testing.assert_array_equal(as_bits(fn(x)), as_bits(x))
+        code.assign(ROUNDING_CODES["stochastic"])
+        assert np.isnan(fn(x).numpy()).all()
+    finally:
+        set_xla_rounding(True)
+
+
 def test_runtime_code_on_float64_and_gradients():
     from tfbf16.rounding import ROUNDING_CODES
 

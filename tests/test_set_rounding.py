@@ -39,6 +39,43 @@ def test_set_rounding_changes_results_without_retracing(K):
 
 
 @pytest.mark.parametrize("K", [keras, tf_keras], ids=["keras3", "tf_keras"])
+def test_switching_traced_layers_to_stochastic_retraces_the_keras_functions(K):
+    # Layers created with "rne" are traced without stochastic rounding (its
+    # random bits would slow every rounding). Switching them to "stochastic"
+    # after fit traced them rebuilds the model's train/test/predict
+    # functions, so fit rounds stochastically; a stale trace of one's own
+    # gives NaN, and the wrapper alone refuses.
+    model, wrapped = _models(K)
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(16, 1)).astype("float32")
+    wrapped.compile(optimizer=K.optimizers.SGD(0.01), loss="mse")
+    wrapped.fit(x, y, epochs=1, verbose=0)
+    wrapped.predict(x, verbose=0)
+    own = tf.function(lambda t: wrapped(t))
+    before_switch = own(x).numpy()
+    old_train_function = wrapped.train_function
+    first = next(l for l in wrapped.layers if isinstance(l, tfbf16.BF16Wrapper))
+    with pytest.raises(ValueError, match="traced without stochastic rounding"):
+        first.set_rounding("stochastic")
+    with pytest.warns(UserWarning, match="retraced"):
+        tfbf16.set_rounding(wrapped, "stochastic")
+    assert wrapped.train_function is not old_train_function
+    assert np.isnan(own(x).numpy()).all()  # the stale trace says so
+    # Rebuilt functions round stochastically: two predictions differ, both
+    # are BF16 values near the RNE ones.
+    first_run, second_run = (wrapped.predict(x, verbose=0) for _ in range(2))
+    assert not np.array_equal(first_run, second_run)
+    np.testing.assert_allclose(first_run, before_switch, rtol=0.05, atol=0.05)
+    history = wrapped.fit(x, y, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+    # Switching back and forth needs no retrace from now on.
+    train_function = wrapped.train_function
+    for rounding in ("rne", "stochastic", "trunc"):
+        tfbf16.set_rounding(wrapped, rounding)
+    assert wrapped.train_function is train_function
+
+
+@pytest.mark.parametrize("K", [keras, tf_keras], ids=["keras3", "tf_keras"])
 def test_set_rounding_of_named_layers_and_summary(K):
     _, wrapped = _models(K)
     changed = tfbf16.set_rounding(wrapped, "fp32", layers=["last"])

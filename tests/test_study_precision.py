@@ -15,6 +15,8 @@ def test_names_round_trip():
     assert Precision("rne", "bf16") == Precision.parse("rne+bf16w_rne")
     assert Precision().is_baseline and not Precision("fp32", "bf16").is_baseline
     assert Precision.parse("rne").trainer_kind == Precision.parse("trunc").trainer_kind
+    # A deterministic rounding's trace leaves stochastic rounding out.
+    assert Precision.parse("rne").trainer_kind != Precision.parse("stochastic").trainer_kind
     assert Precision.parse("rne").trainer_kind != Precision.parse("rne+bf16w_rne").trainer_kind
 
 

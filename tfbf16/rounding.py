@@ -42,6 +42,10 @@ ROUNDING_CODES = {"fp32": 0, "rne": 1, "trunc": 2, "stochastic": 3}
 
 #: The roundings to bfloat16 values (every code but "fp32").
 ROUNDINGS = tuple(name for name in ROUNDING_CODES if name != "fp32")
+# The codes of a runtime rounding without stochastic rounding are 0 to 2: a
+# kernel that lacks it drops the last code.
+_DETERMINISTIC_ROUNDINGS = ROUNDINGS[:-1]
+assert ROUNDINGS[-1] == "stochastic" and list(ROUNDING_CODES.values()) == [0, 1, 2, 3]
 
 # float32 bit-pattern constants, as int32 (TensorFlow's integer kernels wrap).
 _HIGH_HALF_MASK = -65536  # 0xFFFF0000
@@ -109,8 +113,33 @@ def _check_name(rounding, allowed):
     return rounding
 
 
+class RuntimeRounding:
+    """A rounding code read when the graph runs, and the modes it may hold.
+
+    A plain code tensor (see `ROUNDING_CODES`) may hold every mode, so the
+    traced kernel computes stochastic rounding's random bits for every
+    element even while the code says "rne" (measured: 8% of an emulated
+    DCN training step under XLA). `tfbf16`'s wrappers pass their codes in
+    this form with `stochastic=False` unless they may round stochastically;
+    such a kernel then treats the stochastic code like an out-of-range one
+    (NaN everywhere), so a trace that lacks it cannot go unnoticed.
+
+    Args:
+        code: an integer scalar tensor or variable.
+        stochastic: whether the stochastic code is among the values `code`
+            may hold when the graph runs.
+    """
+
+    def __init__(self, code, stochastic=True):
+        self.code = code
+        self.stochastic = bool(stochastic)
+
+    def __repr__(self):
+        return f"RuntimeRounding({self.code!r}, stochastic={self.stochastic})"
+
+
 def _is_runtime_code(rounding):
-    return isinstance(rounding, (tf.Tensor, tf.Variable))
+    return isinstance(rounding, (tf.Tensor, tf.Variable, RuntimeRounding))
 
 
 def _read_code(rounding):
@@ -119,9 +148,19 @@ def _read_code(rounding):
     Reading it before entering a custom-gradient function keeps TensorFlow
     from treating the code variable as a differentiable input.
     """
+    if isinstance(rounding, RuntimeRounding):
+        return RuntimeRounding(_read_code(rounding.code), rounding.stochastic)
     if isinstance(rounding, tf.Variable):
         return tf.convert_to_tensor(rounding)
     return rounding
+
+
+def _code_and_modes(rounding):
+    """(int32 code tensor, the roundings it may select) of a runtime code."""
+    if isinstance(rounding, RuntimeRounding):
+        modes = ROUNDINGS if rounding.stochastic else _DETERMINISTIC_ROUNDINGS
+        return tf.cast(rounding.code, tf.int32), modes
+    return tf.cast(rounding, tf.int32), ROUNDINGS
 
 
 def rounding_code(rounding):
@@ -220,7 +259,7 @@ def _masked_to_bfloat16(bits, bits_to_mask):
     return tf.bitcast(tf.where(is_nan, nan_bits, rounded), tf.float32)
 
 
-def _round_float32_bits(x, rounding, seed):
+def _round_float32_bits(x, rounding, seed, modes=ROUNDINGS):
     """Rounds a float32 tensor to bfloat16 values with integer bit ops.
 
     The path without XLA: a runtime code chooses its mode's kernel with
@@ -232,17 +271,19 @@ def _round_float32_bits(x, rounding, seed):
             code of `ROUNDING_CODES` (the mode is chosen when the graph runs).
         seed: int64 tensor of shape [2], the seed of the random bits of
             stochastic rounding (unused by the other modes).
+        modes: the roundings a runtime code may select: `ROUNDINGS` or
+            `_DETERMINISTIC_ROUNDINGS`.
 
     Returns:
         float32 tensor whose low 16 bits are zero (or a canonical NaN), or
-        x unchanged for the runtime code of "fp32". An out-of-range runtime
-        code gives NaN everywhere, so that it cannot go unnoticed.
+        x unchanged for the runtime code of "fp32". A runtime code outside
+        `modes` gives NaN everywhere, so that it cannot go unnoticed.
     """
     if not _is_runtime_code(rounding):
         return _round_float32_static(x, rounding, seed)
     branches = [lambda: tf.identity(x)] + [
         (lambda name: lambda: _round_float32_static(x, name, seed))(name)
-        for name in ROUNDINGS
+        for name in modes
     ]
     return tf.switch_case(
         tf.cast(rounding, tf.int32), branches,
@@ -250,7 +291,7 @@ def _round_float32_bits(x, rounding, seed):
     )
 
 
-def _round_float32_bits_fused(x, rounding, seed):
+def _round_float32_bits_fused(x, rounding, seed, modes=ROUNDINGS):
     """`_round_float32_bits` for XLA: a runtime code selects, it does not branch.
 
     Every mode's result is computed in the one fused loop and the code picks
@@ -258,8 +299,9 @@ def _round_float32_bits_fused(x, rounding, seed):
     bit for bit). XLA compiles a `tf.switch_case` per rounding site as a
     conditional with its own computations, and in a model compiled with
     `jit_compile=True` those made compilation more than ten times slower
-    (measured: an emulated DCN's first step 108 s against 8 s); the extra
-    arithmetic of the selects is hidden by the memory traffic.
+    (measured: an emulated DCN's first step 108 s against 8 s). The selects'
+    extra arithmetic is hidden by the memory traffic, except stochastic
+    rounding's random bits: hence `modes`.
     """
     if not _is_runtime_code(rounding):
         return _round_float32_static(x, rounding, seed)
@@ -267,10 +309,11 @@ def _round_float32_bits_fused(x, rounding, seed):
     bits = tf.bitcast(x, tf.int32)
     increment = tf.zeros_like(bits)  # truncation's
     for name in ("rne", "stochastic"):
-        increment = tf.where(code == ROUNDING_CODES[name], _increment(bits, name, seed),
-                             increment)
+        if name in modes:
+            increment = tf.where(code == ROUNDING_CODES[name], _increment(bits, name, seed),
+                                 increment)
     result = _masked_to_bfloat16(bits, bits + increment)
-    in_range = (code >= 0) & (code <= max(ROUNDING_CODES.values()))
+    in_range = (code >= 0) & (code <= len(modes))
     return tf.where(code == ROUNDING_CODES["fp32"], x,
                     tf.where(in_range, result, np.float32(np.nan)))
 
@@ -281,14 +324,15 @@ _round_float32_bits_xla = tf.function(
 
 
 def _round_float32(x, rounding, seed):
+    modes = ROUNDINGS
     if _is_runtime_code(rounding):
-        rounding = tf.cast(rounding, tf.int32)
+        rounding, modes = _code_and_modes(rounding)
     if _is_runtime_code(rounding) or rounding == "stochastic":
         seed = _seed_for_call(seed)
     else:
         seed = tf.zeros([2], tf.int64)
     kernel = _round_float32_bits_xla if _state["use_xla"] else _round_float32_bits
-    rounded = kernel(x, rounding, seed)
+    rounded = kernel(x, rounding, seed, modes)
     if not tf.executing_eagerly():
         rounded.set_shape(x.shape)  # the traced kernel may relax the shape
     return rounded
@@ -465,10 +509,11 @@ def _round_raw(x, rounding, seed):
         return tf.cast(_round_float32(tf.cast(x, tf.float32), rounding, seed), dtype)
     if dtype == tf.float64:
         if _is_runtime_code(rounding):
+            code, modes = _code_and_modes(rounding)
             return tf.switch_case(
-                tf.cast(rounding, tf.int32),
+                code,
                 [lambda: x] + [
-                    (lambda r: lambda: _round_float64(x, r, seed))(r) for r in ROUNDINGS
+                    (lambda r: lambda: _round_float64(x, r, seed))(r) for r in modes
                 ],
                 default=lambda: tf.fill(tf.shape(x), np.float64(np.nan)),
             )

@@ -239,6 +239,13 @@ def set_rounding(model, rounding, *, grad_rounding=None, layers=None):
     retracing anything. "fp32" turns emulation off for the chosen layers.
     A saved model records the rounding in force when it was saved.
 
+    One exception: layers created with a deterministic rounding are traced
+    without stochastic rounding (its random bits would slow every other
+    rounding). Switching such traced layers to "stochastic" retraces the
+    model's Keras train/test/predict functions (once; also during `fit`)
+    and warns that your own `tf.function`s calling the model need tracing
+    again. Wrap with rounding="stochastic" to switch freely among all four.
+
     Args:
         model: a model returned by `tfbf16.wrap` (emulated, not native).
         rounding: "fp32", "rne", "trunc" or "stochastic".
@@ -257,19 +264,45 @@ def set_rounding(model, rounding, *, grad_rounding=None, layers=None):
     >>> tfbf16.set_rounding(model, "fp32", layers=["dense_2"])
     """
     selector = BF16Policy(include=layers) if layers is not None else None
-    changed = []
-    for _, layer in iter_layers(model):
-        if isinstance(layer, BF16Wrapper) and (
-            selector is None or selector.selects(layer.layer)
-        ):
-            layer.set_rounding(rounding, grad_rounding)
-            changed.append(layer.name)
-    if not changed:
+    chosen = [
+        layer for _, layer in iter_layers(model)
+        if isinstance(layer, BF16Wrapper)
+        and (selector is None or selector.selects(layer.layer))
+    ]
+    if not chosen:
         raise ValueError(
             f"No wrapped layer of {model.name!r} matches layers={layers!r}; "
             "tfbf16.summary(model) lists the wrapped layers."
         )
-    return changed
+    stale = [layer for layer in chosen if layer._needs_retrace_for(rounding, grad_rounding)]
+    for layer in chosen:
+        if layer in stale:
+            layer._allow_stochastic()
+        layer.set_rounding(rounding, grad_rounding)
+    if stale:
+        _retrace_keras_functions(model, [layer.name for layer in stale])
+    return [layer.name for layer in chosen]
+
+
+def _retrace_keras_functions(model, names):
+    """Rebuilds a model's traced train/test/predict functions (see set_rounding).
+
+    `fit`, `evaluate` and `predict` call the function the model holds at
+    every step, so a rebuilt one takes effect at the next step, also when a
+    callback switches the rounding during `fit`.
+    """
+    rebuilt = []
+    for kind in ("train", "test", "predict"):
+        if getattr(model, f"{kind}_function", None) is not None:
+            getattr(model, f"make_{kind}_function")(force=True)
+            rebuilt.append(kind)
+    warnings.warn(
+        f"tfbf16: layers {names} of {model.name!r} were traced without stochastic "
+        f"rounding; the model's Keras functions ({', '.join(rebuilt) or 'none yet'}) are "
+        "retraced. A tf.function of your own that calls the model must be traced again: "
+        "its old trace gives NaN under stochastic rounding.",
+        stacklevel=3,
+    )
 
 
 def _unwrap_any(backend, model):

@@ -51,7 +51,7 @@ def assert_rows_equal(actual, expected):
         np.testing.assert_array_equal(a, e)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker
 def sample():
     """The sample's bundle and its (train rows, eval rows)."""
     bundle = criteo_bundle(SAMPLE)

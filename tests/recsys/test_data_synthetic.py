@@ -20,7 +20,7 @@ def row_keys(dense, sparse, label):
     return {a.tobytes() + b.tobytes() + c.tobytes() for a, b, c in zip(dense, sparse, label)}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker
 def bundle():
     return make_datasets("synthetic", batch_size=1000, seed=7, eval_rows=20_000)
 

@@ -211,7 +211,11 @@ def test_interrupted_command_says_so_in_one_line_and_cleans_up(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "recsys.prepare", "--data=synthetic", "--train_rows=20000000",
          "--rows_per_shard=100000", f"--output_dir={tmp_path}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell without job control starts background jobs (pytest too)
+        # with SIGINT ignored, which their children inherit: give the
+        # program the default disposition, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob(".tfbf16-tmp-*")):  # writing has begun

@@ -23,7 +23,7 @@ TINY_TRAIN = config.TrainConfig(train_steps=6, eval_every=3, eval_steps=2,
                                 checkpoint_every=6, log_every=3, jit_compile=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker
 def tiny_study(tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("study"))
     results = study.run_study(TINY_DATA, TINY_MODEL, TINY_TRAIN,
@@ -32,7 +32,7 @@ def tiny_study(tmp_path_factory):
     return output_dir, results
 
 
-@pytest.mark.xdist_group("study_tiny")  # shares a module fixture
+@pytest.mark.xdist_group("study_tiny")  # shares a session fixture: one worker builds it
 def test_study_writes_json_markdown_and_png(tiny_study):
     output_dir, results = tiny_study
     with open(os.path.join(output_dir, "results.json")) as f:
@@ -76,7 +76,7 @@ def test_study_writes_json_markdown_and_png(tiny_study):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.xdist_group("study_tiny")  # shares a module fixture
+@pytest.mark.xdist_group("study_tiny")  # shares a session fixture: one worker builds it
 def test_runs_are_paired_and_reproducible(tiny_study, tmp_path):
     _, results = tiny_study
     loss = {(r["precision"], r["seed"]): r["log_loss"] for r in results["runs"]}
@@ -103,7 +103,7 @@ def test_runs_are_paired_and_reproducible(tiny_study, tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.xdist_group("study_tiny")  # shares a module fixture
+@pytest.mark.xdist_group("study_tiny")  # shares a session fixture: one worker builds it
 def test_study_resumes_finished_runs(tiny_study):
     output_dir, results = tiny_study
     again = study.run_study(TINY_DATA, TINY_MODEL, TINY_TRAIN,
@@ -118,7 +118,7 @@ def test_study_resumes_finished_runs(tiny_study):
                         precisions=["fp32"], seeds=[0], output_dir=output_dir, verbose=0)
 
 
-@pytest.mark.xdist_group("study_tiny")  # shares a module fixture
+@pytest.mark.xdist_group("study_tiny")  # shares a session fixture: one worker builds it
 def test_rerun_with_other_eval_rows_is_refused_not_reused(tiny_study):
     output_dir, _ = tiny_study
     other = dataclasses.replace(TINY_DATA, eval_rows=256)

@@ -33,7 +33,7 @@ TINY_DATA = config.DataConfig(batch_size=64, eval_rows=512, vocab_scale=0.01)
 TINY_MODEL = config.ModelConfig(embedding_dim=4, num_cross_layers=1, deep_layers=(8,))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker
 def bundle():
     return batches.with_cached_eval(batches.make_bundle(TINY_DATA))
 

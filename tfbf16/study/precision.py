@@ -138,8 +138,13 @@ class Precision:
     @property
     def trainer_kind(self):
         """What one `recsys.trainer.Trainer` can run: precisions of equal
-        `trainer_kind` share a model, an optimizer and compiled steps."""
-        return (self.compute_kind, self.weights, self.update_rounding)
+        `trainer_kind` share a model, an optimizer and compiled steps.
+
+        Stochastic compute rounding has its own: a model wrapped with a
+        deterministic rounding is traced without it (see `tfbf16.set_rounding`).
+        """
+        stochastic = self.compute == "stochastic"
+        return (self.compute_kind, stochastic, self.weights, self.update_rounding)
 
     @property
     def label(self):
