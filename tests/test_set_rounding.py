@@ -1,5 +1,7 @@
 """Switching a wrapped model's rounding at run time, without retracing."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -46,6 +48,11 @@ def test_switching_traced_layers_to_stochastic_retraces_the_keras_functions(K):
     # functions, so fit rounds stochastically; a stale trace of one's own
     # gives NaN, and the wrapper alone refuses.
     model, wrapped = _models(K)
+    # Building the model symbolically traces nothing that runs: no warning.
+    fresh = tfbf16.wrap(K.Model(model.inputs, model.outputs), "rne")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tfbf16.set_rounding(fresh, "stochastic")
     x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
     y = np.random.default_rng(1).normal(size=(16, 1)).astype("float32")
     wrapped.compile(optimizer=K.optimizers.SGD(0.01), loss="mse")

@@ -116,6 +116,19 @@ class RoundingState:
         )
 
 
+def _tracing_a_function():
+    """Whether the call is being traced into a graph that will run.
+
+    Keras builds functional models and infers output shapes in graphs of its
+    own ("keras_graph"; "scratch_graph" in Keras 3, "<layer>_scratch_graph"
+    in tf_keras) whose ops never run.
+    """
+    if tf.executing_eagerly():
+        return False
+    name = tf.compat.v1.get_default_graph().name
+    return not (name == "keras_graph" or name.endswith("scratch_graph"))
+
+
 class EmulatedCallMixin:
     """The call logic of a BF16 wrapper, for either Keras version.
 
@@ -287,7 +300,7 @@ class EmulatedCallMixin:
         if self.settings.rounding == "native":
             return self._native_call(inputs, args, kwargs)
         state = self._rounding_state()
-        if not tf.executing_eagerly():
+        if _tracing_a_function():
             state.traced = True
         settings = dataclasses.replace(
             self.settings,
