@@ -7,6 +7,7 @@ import tensorflow as tf
 import tf_keras
 
 from tests.bf16_bits import assert_bits_equal, is_bf16
+import tfbf16
 from tfbf16.optimizers import UPDATE_ROUNDINGS, BF16Weights
 
 FLAVOURS = pytest.mark.parametrize("K", [keras, tf_keras], ids=["keras3", "tf_keras"])
@@ -79,8 +80,6 @@ def test_sparse_rounding_is_bit_identical_to_rounding_whole_variables(K, name):
                                [np.asarray(c) for c in optimizer.compensations])
         (weights, slots, compensations), (dense_weights, dense_slots, dense_compensations) = (
             results[True], results[False])
-        if rounding == "stochastic":
-            continue  # see test_sparse_stochastic_rounding
         for what, got, expected in (("weights", weights, dense_weights),
                                     ("slots", slots, dense_slots),
                                     ("compensations", compensations, dense_compensations)):
@@ -138,6 +137,26 @@ def test_whatever_touches_the_whole_table_turns_row_rounding_off(K):
     assert not rounds_rows(K.optimizers.RMSprop(0.1, momentum=0.5))
     if K is keras:
         assert not rounds_rows(K.optimizers.SGD(0.1, gradient_accumulation_steps=2))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("xla", [True, False])
+def test_rounding_rows_equals_rounding_the_whole_tensor(dtype, xla):
+    from tfbf16.rounding import round_rows_bf16, set_xla_rounding
+
+    rng = np.random.default_rng(12)
+    table = tf.constant(rng.normal(size=(300, 3, 5)), dtype)
+    rows = tf.constant([299, 0, 17, 17, 150], tf.int32)  # repeated rows too
+    set_xla_rounding(xla)
+    try:
+        for rounding in ("rne", "trunc", "stochastic"):
+            whole = tf.gather(tfbf16.round_bf16(table, rounding, seed=[4, 9]), rows)
+            got = round_rows_bf16(tf.gather(table, rows), rows, rounding, seed=[4, 9])
+            assert_bits_equal(got.numpy(), whole.numpy(), f"{dtype} {rounding}")
+    finally:
+        set_xla_rounding(True)
+    with pytest.raises(ValueError, match="Unknown rounding"):
+        round_rows_bf16(table, rows, "fp32")
 
 
 def test_sparse_stochastic_rounding():

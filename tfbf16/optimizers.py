@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from tfbf16 import backends
 from tfbf16 import rounding as rounding_lib
-from tfbf16.rounding import ROUNDINGS, round_bf16
+from tfbf16.rounding import ROUNDINGS, round_bf16, round_rows_bf16
 
 #: Valid `update_rounding` values: the roundings of `tfbf16.ROUNDINGS`, and
 #: "kahan" (RNE with a compensation buffer).
@@ -137,8 +137,8 @@ def _on_padded_rows(fn, *row_values):
     power = tf.bitwise.left_shift(1, tf.cast(exponent, tf.int32))
     power = tf.where(power // 2 >= count, power // 2, power)  # log's last bit
     padded_count = tf.maximum(64, power)
-    padding = [[0, padded_count - count]] + [[0, 0]] * (row_values[0].shape.rank - 1)
-    outputs = fn(*(tf.pad(v, padding) for v in row_values))
+    outputs = fn(*(tf.pad(v, [[0, padded_count - count]] + [[0, 0]] * (v.shape.rank - 1))
+                   for v in row_values))
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     return [o[:count] for o in outputs]
 
@@ -274,12 +274,18 @@ class BF16WeightsLogic:
     def _slot_rounding(self):
         return "rne" if self._update_rounding == "kahan" else self._update_rounding
 
-    def _rounded(self, value, rounding, seed_index, step):
-        """`value` rounded to BF16; a seeded stochastic rounding varies per step."""
+    def _rounded(self, value, rounding, seed_index, step, rows=None):
+        """`value` rounded to BF16; a seeded stochastic rounding varies per step.
+
+        With `rows`, `value` holds those rows of the weight, rounded as the
+        whole weight would be (the same random bits: `round_rows_bf16`).
+        """
         seed = None
         if rounding == "stochastic" and self._seed is not None:
             seed = tf.stack([tf.constant(self._seed, tf.int64) + seed_index,
                              tf.cast(step, tf.int64)])
+        if rows is not None:
+            return round_rows_bf16(value, rows, rounding, seed=seed)
         return round_bf16(value, rounding, seed=seed)
 
     @staticmethod
@@ -383,10 +389,7 @@ class BF16WeightsLogic:
                 slot.assign(self._rounded(tf.convert_to_tensor(slot), self._slot_rounding(),
                                           _SLOT_SEED_OFFSET + index, step))
             return result
-        rows = gradient.indices
-        if "stochastic" in (self._update_rounding, self._slot_rounding()):
-            # Duplicate rows would draw different random bits.
-            rows, _ = tf.unique(rows)
+        rows = gradient.indices  # a repeated row is rounded alike each time
         old = tf.gather(variable, rows) if kahan else None
         result = update_step(gradient, variable, *args)
         step = self._step_during_update()
@@ -398,14 +401,15 @@ class BF16WeightsLogic:
             compensation.scatter_update(tf.IndexedSlices(new_compensation, rows))
         else:
             rounded, = _on_padded_rows(
-                lambda v: self._rounded(v, self._update_rounding, plan.index, step), value)
+                lambda v, r: self._rounded(v, self._update_rounding, plan.index, step, r),
+                value, rows)
         variable.scatter_update(tf.IndexedSlices(rounded, rows))
         for index, slot in plan.slots if self._round_slots else ():
             slot = self._tf_variable(slot)
             rounded_slot, = _on_padded_rows(
-                lambda v, index=index: self._rounded(
-                    v, self._slot_rounding(), _SLOT_SEED_OFFSET + index, step),
-                tf.gather(slot, rows))
+                lambda v, r, index=index: self._rounded(
+                    v, self._slot_rounding(), _SLOT_SEED_OFFSET + index, step, r),
+                tf.gather(slot, rows), rows)
             slot.scatter_update(tf.IndexedSlices(rounded_slot, rows))
         return result
 
@@ -476,10 +480,10 @@ class BF16Weights(abc.ABC):
     rounded, as it is when weight decay, a constraint, a moving average
     (`use_ema`) or gradient accumulation also touch it. For the lazy
     optimizers the result is bit-identical to rounding whole variables
-    (`sparse_updates=False`) with "rne", "trunc" and "kahan"; with
-    "stochastic" the random bits differ (they are drawn for the step's
-    distinct updated rows, in the order of their first occurrence), their
-    distribution does not. Rows a step does not update are not rounded,
+    (`sparse_updates=False`) with every update rounding: stochastic
+    rounding draws an element's random bits by its position in the whole
+    variable (`tfbf16.rounding.round_rows_bf16`), and rounding a BF16 value
+    leaves it unchanged. Rows a step does not update are not rounded,
     so the tables must hold BF16 values already: `build` rounds them, and
     after replacing weights call `round_weights`.
 

@@ -198,7 +198,7 @@ def _stream_key(seed):
     return _mix64(_mix64(words[0] + _u64(_GOLDEN_GAMMA)) + words[1])
 
 
-def _random_bits(shape, seed, count):
+def _random_bits(shape, seed, count, positions=None):
     """`count` (1 to 64) uniform random bits per element, a pure function of seed.
 
     Element i (row-major) gets the top `count` bits of output i + 1 of
@@ -208,12 +208,18 @@ def _random_bits(shape, seed, count):
         shape: the int32 shape tensor of the result.
         seed: int64 tensor of shape [2].
         count: how many bits.
+        positions: None, or an int64 tensor of `shape` giving each element
+            the index i to use instead of its own (see `round_rows_bf16`).
 
     Returns:
         uint64 tensor of `shape`, values in [0, 2**count).
     """
-    size = tf.reduce_prod(tf.cast(shape, tf.int64))
-    index = tf.bitcast(tf.range(size, dtype=tf.int64), tf.uint64)
+    if positions is None:
+        size = tf.reduce_prod(tf.cast(shape, tf.int64))
+        index = tf.range(size, dtype=tf.int64)
+    else:
+        index = tf.reshape(tf.cast(positions, tf.int64), [-1])
+    index = tf.bitcast(index, tf.uint64)
     # key + (i + 1) * gamma, written as (i + offset) * gamma with the runtime
     # scalar offset = key / gamma + 1 (mod 2**64): no array-sized
     # subexpression is constant, so XLA cannot fold the counters into an
@@ -227,15 +233,15 @@ def _random_bits(shape, seed, count):
 # ------------------------------------------------------------- float32 kernel
 
 
-def _round_float32_static(x, rounding, seed):
+def _round_float32_static(x, rounding, seed, positions=None):
     """Rounds a float32 tensor with the rounding named by a Python string."""
     bits = tf.bitcast(x, tf.int32)
     if rounding == "trunc":
         return _masked_to_bfloat16(bits, bits)
-    return _masked_to_bfloat16(bits, bits + _increment(bits, rounding, seed))
+    return _masked_to_bfloat16(bits, bits + _increment(bits, rounding, seed, positions))
 
 
-def _increment(bits, rounding, seed):
+def _increment(bits, rounding, seed, positions=None):
     """What `rounding` adds to the float32 bits before their low 16 are cleared.
 
     RNE adds 0x7FFF plus the lowest kept bit (ties go to even), stochastic
@@ -243,7 +249,13 @@ def _increment(bits, rounding, seed):
     """
     if rounding == "rne":
         return _RNE_BIAS + tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
-    return tf.cast(_random_bits(tf.shape(bits), seed, 16), tf.int32)
+    return tf.cast(_random_bits(tf.shape(bits), seed, 16, positions), tf.int32)
+
+
+_round_float32_at_xla = tf.function(
+    lambda x, seed, positions: _round_float32_static(x, "stochastic", seed, positions),
+    jit_compile=True, autograph=False, reduce_retracing=True,
+)
 
 
 def _masked_to_bfloat16(bits, bits_to_mask):
@@ -438,7 +450,7 @@ _BF16_DROPPED_BITS = 45  # 52 - 7 mantissa bits dropped for a normal result
 _BF16_MAX_FINITE = float.fromhex("0x1.fep127")
 
 
-def _round_float64(x, rounding, seed):
+def _round_float64(x, rounding, seed, positions=None):
     """Rounds a float64 tensor to bfloat16 values in one correct rounding.
 
     Everything happens on the integer bit pattern: TensorFlow's CPU casts
@@ -471,7 +483,8 @@ def _round_float64(x, rounding, seed):
     else:
         # The top 32 bits of the dropped fraction against 32 random bits.
         fraction = tf.bitwise.right_shift(remainder, tf.minimum(shift - 32, 63))
-        threshold = tf.cast(_random_bits(tf.shape(x), _seed_for_call(seed), 32), tf.int64)
+        threshold = tf.cast(_random_bits(tf.shape(x), _seed_for_call(seed), 32, positions),
+                            tf.int64)
         up = fraction + threshold >= 2**32
     kept = kept + tf.cast(up, tf.int64)
     # The result is kept * 2**scale_exponent, a normal float64: an exact
@@ -609,6 +622,57 @@ def round_bf16(x, rounding="rne", *, seed=None):
     seed = _check_seed(seed)
     return _map_values(x, lambda values: _straight_through_round(
         _to_float_tensor(values), rounding, seed))
+
+
+def round_rows_bf16(rows_values, rows, rounding, *, seed=None):
+    """Rounds rows of a tensor exactly as rounding the whole tensor would.
+
+    For RNE and truncation this is `round_bf16(rows_values, rounding)`.
+    Stochastic rounding draws each element's random bits by its position
+    in the whole tensor (row * row size + offset in the row), not in
+    `rows_values`, so that with the same seed the result is bit for bit
+    the whole tensor's rounding gathered at `rows`. `BF16Weights` rounds the
+    rows a sparse update changed this way.
+
+    Args:
+        rows_values: floating tensor [n, ...]: rows of a tensor.
+        rows: integer tensor [n], their row indices in that tensor.
+        rounding: one of `tfbf16.ROUNDINGS`.
+        seed: as in `round_bf16`.
+
+    Returns:
+        The rounded rows (no gradient is defined).
+
+    Raises:
+        ValueError, TypeError: as `round_bf16`.
+
+    Example:
+
+    >>> table = tf.random.normal([100, 4])
+    >>> rows = tf.constant([7, 3])
+    >>> np.array_equal(
+    ...     tfbf16.rounding.round_rows_bf16(tf.gather(table, rows), rows, "stochastic", seed=1),
+    ...     tf.gather(tfbf16.round_bf16(table, "stochastic", seed=1), rows))
+    True
+    """
+    rounding = _check_name(rounding, ROUNDINGS)
+    seed = _check_seed(seed)
+    values = _to_float_tensor(rows_values, "round_rows_bf16")
+    if rounding != "stochastic" or values.dtype == tf.bfloat16:
+        return _round_raw(values, rounding, seed)
+    row_size = tf.reduce_prod(tf.shape(values, out_type=tf.int64)[1:])
+    positions = (tf.cast(rows, tf.int64)[:, tf.newaxis] * row_size
+                 + tf.range(row_size, dtype=tf.int64)[tf.newaxis, :])
+    positions = tf.reshape(positions, tf.shape(values))
+    seed = _seed_for_call(seed)
+    if values.dtype == tf.float64:
+        return _round_float64(values, rounding, seed, positions)
+    as_float32 = tf.cast(values, tf.float32)  # exact for float16
+    if _state["use_xla"]:
+        rounded = _round_float32_at_xla(as_float32, seed, positions)
+    else:
+        rounded = _round_float32_static(as_float32, rounding, seed, positions)
+    return tf.cast(rounded, values.dtype)
 
 
 def _straight_through_round(x, rounding, seed):
