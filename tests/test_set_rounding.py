@@ -62,6 +62,9 @@ def test_switching_traced_layers_to_stochastic_retraces_the_keras_functions(K):
     before_switch = own(x).numpy()
     old_train_function = wrapped.train_function
     first = next(l for l in wrapped.layers if isinstance(l, tfbf16.BF16Wrapper))
+    # A refused switch changes nothing (the switch below must still retrace).
+    with pytest.raises(ValueError, match="Unknown rounding 'bogus'"):
+        tfbf16.set_rounding(wrapped, "bogus", grad_rounding="stochastic")
     with pytest.raises(ValueError, match="traced without stochastic rounding"):
         first.set_rounding("stochastic")
     with pytest.warns(UserWarning, match="retraced"):

@@ -252,12 +252,6 @@ def _increment(bits, rounding, seed, positions=None):
     return tf.cast(_random_bits(tf.shape(bits), seed, 16, positions), tf.int32)
 
 
-_round_float32_at_xla = tf.function(
-    lambda x, seed, positions: _round_float32_static(x, "stochastic", seed, positions),
-    jit_compile=True, autograph=False, reduce_retracing=True,
-)
-
-
 def _masked_to_bfloat16(bits, bits_to_mask):
     """The float32 of `bits_to_mask` with its low 16 bits cleared; NaNs kept NaN.
 
@@ -271,7 +265,7 @@ def _masked_to_bfloat16(bits, bits_to_mask):
     return tf.bitcast(tf.where(is_nan, nan_bits, rounded), tf.float32)
 
 
-def _round_float32_bits(x, rounding, seed, modes=ROUNDINGS):
+def _round_float32_bits(x, rounding, seed, modes=ROUNDINGS, positions=None):
     """Rounds a float32 tensor to bfloat16 values with integer bit ops.
 
     The path without XLA: a runtime code chooses its mode's kernel with
@@ -285,6 +279,8 @@ def _round_float32_bits(x, rounding, seed, modes=ROUNDINGS):
             stochastic rounding (unused by the other modes).
         modes: the roundings a runtime code may select: `ROUNDINGS` or
             `_DETERMINISTIC_ROUNDINGS`.
+        positions: None, or the positions that choose stochastic
+            rounding's random bits (see `_random_bits`).
 
     Returns:
         float32 tensor whose low 16 bits are zero (or a canonical NaN), or
@@ -292,9 +288,9 @@ def _round_float32_bits(x, rounding, seed, modes=ROUNDINGS):
         `modes` gives NaN everywhere, so that it cannot go unnoticed.
     """
     if not _is_runtime_code(rounding):
-        return _round_float32_static(x, rounding, seed)
+        return _round_float32_static(x, rounding, seed, positions)
     branches = [lambda: tf.identity(x)] + [
-        (lambda name: lambda: _round_float32_static(x, name, seed))(name)
+        (lambda name: lambda: _round_float32_static(x, name, seed, positions))(name)
         for name in modes
     ]
     return tf.switch_case(
@@ -303,7 +299,7 @@ def _round_float32_bits(x, rounding, seed, modes=ROUNDINGS):
     )
 
 
-def _round_float32_bits_fused(x, rounding, seed, modes=ROUNDINGS):
+def _round_float32_bits_fused(x, rounding, seed, modes=ROUNDINGS, positions=None):
     """`_round_float32_bits` for XLA: a runtime code selects, it does not branch.
 
     Every mode's result is computed in the one fused loop and the code picks
@@ -316,14 +312,14 @@ def _round_float32_bits_fused(x, rounding, seed, modes=ROUNDINGS):
     rounding's random bits: hence `modes`.
     """
     if not _is_runtime_code(rounding):
-        return _round_float32_static(x, rounding, seed)
+        return _round_float32_static(x, rounding, seed, positions)
     code = tf.cast(rounding, tf.int32)
     bits = tf.bitcast(x, tf.int32)
     increment = tf.zeros_like(bits)  # truncation's
     for name in ("rne", "stochastic"):
         if name in modes:
-            increment = tf.where(code == ROUNDING_CODES[name], _increment(bits, name, seed),
-                                 increment)
+            increment = tf.where(code == ROUNDING_CODES[name],
+                                 _increment(bits, name, seed, positions), increment)
     result = _masked_to_bfloat16(bits, bits + increment)
     in_range = (code >= 0) & (code <= len(modes))
     return tf.where(code == ROUNDING_CODES["fp32"], x,
@@ -335,7 +331,7 @@ _round_float32_bits_xla = tf.function(
 )
 
 
-def _round_float32(x, rounding, seed):
+def _round_float32(x, rounding, seed, positions=None):
     modes = ROUNDINGS
     if _is_runtime_code(rounding):
         rounding, modes = _code_and_modes(rounding)
@@ -344,7 +340,7 @@ def _round_float32(x, rounding, seed):
     else:
         seed = tf.zeros([2], tf.int64)
     kernel = _round_float32_bits_xla if _state["use_xla"] else _round_float32_bits
-    rounded = kernel(x, rounding, seed, modes)
+    rounded = kernel(x, rounding, seed, modes, positions)
     if not tf.executing_eagerly():
         rounded.set_shape(x.shape)  # the traced kernel may relax the shape
     return rounded
@@ -509,28 +505,32 @@ def _round_float64(x, rounding, seed, positions=None):
 # ---------------------------------------------------------------- dispatch
 
 
-def _round_raw(x, rounding, seed):
-    """Rounding without gradient; `x` is a floating tensor, `rounding` valid."""
+def _round_raw(x, rounding, seed, positions=None):
+    """Rounding without gradient; `x` is a floating tensor, `rounding` valid.
+
+    `positions` (None: each element's own index) chooses stochastic
+    rounding's random bits, see `_random_bits`.
+    """
     dtype = x.dtype
     if dtype == tf.bfloat16:
         return x
     if dtype == tf.float32:
-        return _round_float32(x, rounding, seed)
+        return _round_float32(x, rounding, seed, positions)
     if dtype == tf.float16:
         # float16 -> float32 is exact, and so is the way back for every
         # bfloat16 value inside float16's range (larger ones become +-Inf).
-        return tf.cast(_round_float32(tf.cast(x, tf.float32), rounding, seed), dtype)
+        return tf.cast(_round_float32(tf.cast(x, tf.float32), rounding, seed, positions), dtype)
     if dtype == tf.float64:
         if _is_runtime_code(rounding):
             code, modes = _code_and_modes(rounding)
             return tf.switch_case(
                 code,
                 [lambda: x] + [
-                    (lambda r: lambda: _round_float64(x, r, seed))(r) for r in modes
+                    (lambda r: lambda: _round_float64(x, r, seed, positions))(r) for r in modes
                 ],
                 default=lambda: tf.fill(tf.shape(x), np.float64(np.nan)),
             )
-        return _round_float64(x, rounding, seed)
+        return _round_float64(x, rounding, seed, positions)
     raise TypeError(_dtype_error(dtype))
 
 
@@ -658,21 +658,13 @@ def round_rows_bf16(rows_values, rows, rounding, *, seed=None):
     rounding = _check_name(rounding, ROUNDINGS)
     seed = _check_seed(seed)
     values = _to_float_tensor(rows_values, "round_rows_bf16")
-    if rounding != "stochastic" or values.dtype == tf.bfloat16:
-        return _round_raw(values, rounding, seed)
-    row_size = tf.reduce_prod(tf.shape(values, out_type=tf.int64)[1:])
-    positions = (tf.cast(rows, tf.int64)[:, tf.newaxis] * row_size
-                 + tf.range(row_size, dtype=tf.int64)[tf.newaxis, :])
-    positions = tf.reshape(positions, tf.shape(values))
-    seed = _seed_for_call(seed)
-    if values.dtype == tf.float64:
-        return _round_float64(values, rounding, seed, positions)
-    as_float32 = tf.cast(values, tf.float32)  # exact for float16
-    if _state["use_xla"]:
-        rounded = _round_float32_at_xla(as_float32, seed, positions)
-    else:
-        rounded = _round_float32_static(as_float32, rounding, seed, positions)
-    return tf.cast(rounded, values.dtype)
+    positions = None
+    if rounding == "stochastic":
+        row_size = tf.reduce_prod(tf.shape(values, out_type=tf.int64)[1:])
+        positions = tf.reshape(tf.cast(rows, tf.int64)[:, tf.newaxis] * row_size
+                               + tf.range(row_size, dtype=tf.int64)[tf.newaxis, :],
+                               tf.shape(values))
+    return _round_raw(values, rounding, seed, positions)
 
 
 def _straight_through_round(x, rounding, seed):

@@ -274,6 +274,8 @@ def set_rounding(model, rounding, *, grad_rounding=None, layers=None):
             f"No wrapped layer of {model.name!r} matches layers={layers!r}; "
             "tfbf16.summary(model) lists the wrapped layers."
         )
+    for layer in chosen:  # refuse before anything changes
+        layer._check_switch(rounding, grad_rounding)
     stale = [layer for layer in chosen if layer._needs_retrace_for(rounding, grad_rounding)]
     for layer in chosen:
         if layer in stale:

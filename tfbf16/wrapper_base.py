@@ -216,6 +216,27 @@ class EmulatedCallMixin:
                 rounding".
 
         Raises:
+            ValueError: for an unknown rounding, a native wrapper, or a
+                switch to "stochastic" that needs this layer retraced.
+        """
+        forward, gradient = self._check_switch(rounding, grad_rounding)
+        if self._needs_retrace_for(rounding, grad_rounding):
+            raise ValueError(
+                f"Layer {self.name!r} was traced without stochastic rounding (it was "
+                "created with a deterministic one), so its traced functions cannot "
+                "switch to it. Use tfbf16.set_rounding(model, ...), which retraces "
+                "the model's Keras functions, or wrap with rounding='stochastic'."
+            )
+        state = self._rounding_state()
+        if "stochastic" in (rounding, grad_rounding):
+            state.stochastic = True
+        state.forward.assign(forward)
+        state.gradient.assign(gradient)
+
+    def _check_switch(self, rounding, grad_rounding=None):
+        """The (forward, gradient) codes of a switch `set_rounding` can make.
+
+        Raises:
             ValueError: for an unknown rounding, or a native wrapper.
         """
         if self.settings.rounding == "native":
@@ -224,19 +245,7 @@ class EmulatedCallMixin:
                 "cannot be switched at run time. Wrap the model with an emulated "
                 "rounding to schedule roundings."
             )
-        forward, gradient = rounding_code(rounding), rounding_code(grad_rounding or rounding)
-        state = self._rounding_state()
-        if "stochastic" in (rounding, grad_rounding) and not state.stochastic:
-            if state.traced:
-                raise ValueError(
-                    f"Layer {self.name!r} was traced without stochastic rounding (it was "
-                    "created with a deterministic one), so its traced functions cannot "
-                    "switch to it. Use tfbf16.set_rounding(model, ...), which retraces "
-                    "the model's Keras functions, or wrap with rounding='stochastic'."
-                )
-            state.stochastic = True
-        state.forward.assign(forward)
-        state.gradient.assign(gradient)
+        return rounding_code(rounding), rounding_code(grad_rounding or rounding)
 
     def _needs_retrace_for(self, rounding, grad_rounding=None):
         """Whether switching to these roundings needs this wrapper retraced."""
